@@ -1,0 +1,235 @@
+"""Typed configuration: the only place raw dicts become configs.
+
+The values live in the Hydra tree under ``wm/conf`` (base ``config.yaml`` + ``env/`` and
+``preset/`` groups). ``compose()`` resolves it into a plain dict (what ``params.yaml``
+holds and DVC tracks); ``from_dict()`` turns such a dict into the dataclasses below,
+strictly: an unknown key, a missing key or a wrongly typed value is a ``ConfigError`` that
+names the valid keys (and the closest match). Dataclass fields carry no defaults on purpose:
+the YAML tree is the single source of values, and a key added to one but not the other is
+caught at load time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+CONF_DIR = Path(__file__).parent / "conf"
+PRESETS = ("debug", "default", "gpu", "paper")
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix (bad key, bad type, bad override)."""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    game: str
+    state: str | None
+    frameskip: int
+    sticky_prob: float
+    height: int
+    width: int
+    max_episode_steps: int
+    action_map: list[list[str]]
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    policy: str
+    frames: int
+    workers: int
+    seed: int
+    sticky_mean_steps: float
+    raw_bench_seconds: float
+    out_dir: str
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    in_dir: str
+    out_dir: str
+    chunk_len: int
+    chunks_per_shard: int
+    val_fraction: float
+    compress_level: int
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    clip_len: int
+    batch_size: int
+    num_workers: int
+    shuffle_buffer: int
+
+
+@dataclass(frozen=True)
+class Config:
+    preset_name: str
+    env: EnvConfig
+    collect: CollectConfig
+    shard: ShardConfig
+    data: DataConfig
+
+
+T = TypeVar("T")
+
+
+def _close(name: str, valid: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(name, list(valid), n=1)
+    return f" Did you mean '{match[0]}'?" if match else ""
+
+
+def _check_value(value: Any, tp: Any, where: str) -> Any:
+    """Return ``value`` converted to ``tp`` or raise ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_check_value(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        kt, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {_check_value(k, kt, where): _check_value(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} at {where}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown/missing keys and bad types raise."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    prefix = f"{where}." if where else ""
+    for key in data:
+        if key not in hints:
+            raise ConfigError(
+                f"unknown config key '{prefix}{key}'.{_close(str(key), names)} "
+                f"Valid keys{' of ' + where if where else ''}: {', '.join(names)}"
+            )
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise ConfigError(f"missing config key(s) {', '.join(prefix + m for m in missing)}")
+    kwargs = {n: _check_value(data[n], hints[n], prefix + n) for n in names}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def compose(preset: str = "default", overrides: typing.Sequence[str] = ()) -> dict[str, Any]:
+    """Compose the Hydra tree (``wm/conf``) for ``preset`` plus ``key=value`` overrides."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'.{_close(preset, PRESETS)} Valid presets: {', '.join(PRESETS)}")
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=[f"preset={preset}", *overrides])
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"bad override {list(overrides)}: {err}") from err
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(raw, dict)
+    from_dict(Config, raw)  # validate now, so a bad composition fails here
+    return raw
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"bad override '{item}': expected key=value, e.g. collect.frames=1000")
+    key, _, text = item.partition("=")
+    if not key:
+        raise ConfigError(f"bad override '{item}': empty key")
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"bad override '{item}': cannot parse value ({err})") from err
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with dotted ``key=value`` overrides; only existing keys."""
+    out = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = out
+        for i, part in enumerate(path):
+            if not isinstance(node, dict) or part not in node:
+                valid = list(node) if isinstance(node, dict) else []
+                where = ".".join(path[:i]) or "<root>"
+                raise ConfigError(
+                    f"bad override '{item}': unknown key '{'.'.join(path[: i + 1])}'.{_close(part, valid)} "
+                    f"Valid keys of {where}: {', '.join(map(str, valid))}"
+                )
+            if i == len(path) - 1:
+                node[part] = value
+            else:
+                node = node[part]
+    return out
+
+
+def load(params: str | Path = "params.yaml", overrides: typing.Sequence[str] = ()) -> Config:
+    """Load the resolved params file (what DVC tracks) plus CLI overrides into a Config."""
+    path = Path(params)
+    if not path.exists():
+        raise ConfigError(f"{path} not found: run `wm compose --preset default` to create it")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of config sections")
+    return from_dict(Config, apply_overrides(raw, overrides))
+
+
+def write_params(raw: dict[str, Any], path: str | Path = "params.yaml") -> None:
+    header = (
+        "# Generated by `wm compose` from wm/conf (Hydra). Edit wm/conf and re-compose,\n"
+        "# or override per run: `dvc exp run -S collect.frames=1000`, `dvc exp run -S preset=debug`.\n"
+    )
+    Path(path).write_text(header + yaml.safe_dump(raw, sort_keys=False))

@@ -1,0 +1,371 @@
+"""WebDataset shards of episode chunks: writer, manifest, verified reader, clip loader.
+
+On disk (``shard.out_dir``)::
+
+    manifest.json             counts, per-episode return/length, sha256 + chunk lengths per shard,
+                              env, policy, seed, code version
+    train/train-000000.tar    WebDataset tar shards; one sample = one chunk of one episode
+    val/val-000000.tar        held-out episodes (the split is by episode, never within one)
+
+A sample (key ``ep000012_c0003``) holds ``frames.npz`` (T, H, W, 3) uint8 (lossless, deflate),
+``actions.npy`` (T,) int64 (-1 = no action), ``buttons.npy`` (T, n_buttons) uint8,
+``rewards.npy`` (T,) float32, ``terminals.npy`` (T,) bool and ``meta.json``. Any WebDataset
+reader can open them (``wds.WebDataset(url).decode()``); ``ClipDataset`` below is ours:
+it verifies hashes, names the file on any corruption, cuts fixed-length clips, shuffles,
+and splits samples across DDP ranks and DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import tarfile
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from wm.data.episodes import Episode
+
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val")
+
+
+class ShardError(RuntimeError):
+    """A shard is missing, truncated, corrupt or does not match its manifest."""
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _npz(arrays: dict[str, np.ndarray], level: int) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level) as zf:
+        for name, arr in arrays.items():
+            zf.writestr(f"{name}.npy", _npy(arr))
+    return buf.getvalue()
+
+
+def chunk_bounds(length: int, chunk_len: int) -> list[tuple[int, int]]:
+    """Split ``length`` steps into chunks of ``chunk_len``; the last one is end-aligned
+    (overlapping its neighbour) so every chunk is full length when the episode allows."""
+    if length <= chunk_len:
+        return [(0, length)]
+    starts = list(range(0, length - chunk_len + 1, chunk_len))
+    if starts[-1] + chunk_len < length:
+        starts.append(length - chunk_len)
+    return [(s, s + chunk_len) for s in starts]
+
+
+def episode_samples(ep: Episode, index: int, chunk_len: int, level: int) -> Iterator[dict[str, Any]]:
+    for c, (s, e) in enumerate(chunk_bounds(len(ep), chunk_len)):
+        meta = {k: v for k, v in ep.meta.items() if isinstance(v, (str, int, float, bool, type(None), list))}
+        meta.update(episode=index, chunk=c, start=s, length=e - s)
+        yield {
+            "__key__": f"ep{index:06d}_c{c:04d}",
+            "frames.npz": _npz({"frames": ep.frames[s:e]}, level),
+            "actions.npy": _npy(ep.actions[s:e].astype(np.int64)),
+            "buttons.npy": _npy(ep.buttons[s:e].astype(np.uint8)),
+            "rewards.npy": _npy(ep.rewards[s:e].astype(np.float32)),
+            "terminals.npy": _npy(ep.terminals[s:e].astype(bool)),
+            "meta.json": json.dumps(meta).encode(),
+        }
+
+
+def write_tar(path: Path, samples: Sequence[dict[str, Any]]) -> None:
+    """One WebDataset tar (files grouped by key, in order), with fixed mtimes so the same
+    samples give byte-identical shards (reproducible hashes)."""
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
+        for sample in samples:
+            key = sample["__key__"]
+            for ext, data in sample.items():
+                if ext == "__key__":
+                    continue
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                info.mtime = 0
+                info.mode = 0o644
+                tf.addfile(info, io.BytesIO(data))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def split_episodes(indices: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded split by episode: (train, val). At least one of each when there are two."""
+    indices = sorted(indices)
+    if len(indices) < 2:
+        raise ValueError(f"need at least 2 episodes for a train/val split, got {len(indices)}")
+    n_val = min(len(indices) - 1, max(1, round(val_fraction * len(indices))))
+    perm = np.random.default_rng(seed).permutation(len(indices))
+    val = sorted(indices[i] for i in perm[:n_val])
+    train = [i for i in indices if i not in set(val)]
+    return train, val
+
+
+def write_split(
+    out_dir: Path,
+    split: str,
+    samples: list[dict[str, Any]],
+    chunks_per_shard: int,
+) -> list[dict[str, Any]]:
+    """Write ``samples`` as ``split-%06d.tar`` shards; return their manifest entries."""
+    (out_dir / split).mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i in range(0, len(samples), chunks_per_shard):
+        group = samples[i : i + chunks_per_shard]
+        rel = f"{split}/{split}-{i // chunks_per_shard:06d}.tar"
+        write_tar(out_dir / rel, group)
+        lengths = [json.loads(s["meta.json"])["length"] for s in group]
+        entries.append({"file": rel, "sha256": sha256_file(out_dir / rel), "chunks": len(group),
+                        "chunk_lengths": lengths, "frames": int(sum(lengths))})
+    return entries
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
+    path = Path(shard_dir) / MANIFEST
+    if not path.exists():
+        raise ShardError(f"no {MANIFEST} in {shard_dir}: run `wm shard` (or `dvc repro shard`) first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ShardError(f"{path} is not valid JSON ({err}); re-run `wm shard`") from err
+
+
+def shard_paths(shard_dir: str | Path, split: str, verify: bool = True) -> list[Path]:
+    """The split's shard files, checked against the manifest (existence, and sha256 when
+    ``verify``), so corruption is reported up front with the file's name."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split '{split}'; use one of {SPLITS}")
+    shard_dir = Path(shard_dir)
+    manifest = read_manifest(shard_dir)
+    entries = manifest["splits"][split]["shards"]
+    paths = []
+    for entry in entries:
+        path = shard_dir / entry["file"]
+        if not path.exists():
+            raise ShardError(f"shard {path} listed in the manifest is missing; re-run `wm shard` or `dvc pull`")
+        if verify and sha256_file(path) != entry["sha256"]:
+            raise ShardError(f"shard {path} is corrupt (sha256 differs from the manifest); re-run `wm shard` or `dvc pull`")
+        paths.append(path)
+    if not paths:
+        raise ShardError(f"split '{split}' of {shard_dir} has no shards")
+    return paths
+
+
+def _decode(key: str, files: dict[str, bytes], path: Path) -> dict[str, Any]:
+    try:
+        with zipfile.ZipFile(io.BytesIO(files["frames.npz"])) as zf:
+            frames = np.lib.format.read_array(io.BytesIO(zf.read("frames.npy")), allow_pickle=False)
+        out = {"__key__": key, "frames": frames, "meta": json.loads(files["meta.json"])}
+        for name in ("actions", "buttons", "rewards", "terminals"):
+            out[name] = np.lib.format.read_array(io.BytesIO(files[f"{name}.npy"]), allow_pickle=False)
+    except (KeyError, ValueError, zipfile.BadZipFile, EOFError, OSError) as err:
+        raise ShardError(f"corrupt sample '{key}' in shard {path}: {err!r}") from err
+    return out
+
+
+def iter_shard(path: str | Path, keep: Any = None) -> Iterator[dict[str, Any]]:
+    """Decoded samples of one shard, in order. ``keep(i)`` selects by position in the shard
+    (undecoded samples cost only their read). Truncation/corruption raises ShardError."""
+    path = Path(path)
+    group: dict[str, bytes] = {}
+    current: str | None = None
+    position = 0
+    try:
+        with tarfile.open(path, "r|") as tf:  # streaming: no seeking, one pass
+            for member in tf:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.partition(".")
+                if key != current and current is not None:
+                    if keep is None or keep(position):
+                        yield _decode(current, group, path)
+                    position += 1
+                    group = {}
+                current = key
+                f = tf.extractfile(member)
+                data = f.read() if f is not None else b""
+                if len(data) != member.size:
+                    raise ShardError(f"shard {path} is truncated inside '{member.name}'")
+                group[ext] = data
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise ShardError(f"shard {path} is truncated or corrupt: {err}") from err
+    if current is not None and (keep is None or keep(position)):
+        yield _decode(current, group, path)
+
+
+def _clip_offsets(length: int, clip_len: int, rng: np.random.Generator | None) -> list[int]:
+    """Non-overlapping clip starts covering as much of a chunk as whole clips can."""
+    n = length // clip_len
+    if n == 0:
+        return []
+    slack = length - n * clip_len
+    base = int(rng.integers(slack + 1)) if rng is not None else 0
+    return [base + k * clip_len for k in range(n)]
+
+
+class ClipDataset(IterableDataset):
+    """Fixed-length clips from shards, split across DDP ranks and DataLoader workers.
+
+    Samples (chunks) are dealt round-robin to the ``world_size * num_workers`` readers in
+    a per-epoch order that every reader computes identically from the seed, so readers never
+    overlap and together cover the data. ``shards`` pairs each file with its sample count
+    (from the manifest). Each item: ``frames`` (T, 3, H, W) uint8, ``actions`` (T,) int64,
+    ``rewards`` (T,) float32, ``terminals`` (T,) bool, ``action_free`` bool.
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[tuple[str | Path, int]],
+        clip_len: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        epochs: int | None = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_buffer: int = 64,
+    ):
+        super().__init__()
+        if not shards:
+            raise ValueError("ClipDataset needs at least one shard")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.shards = [(Path(p), int(n)) for p, n in shards]
+        self.clip_len = clip_len
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epochs = epochs
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle_buffer = shuffle_buffer
+
+    def _reader_slot(self) -> tuple[int, int]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        return self.rank * workers + worker, self.world_size * workers
+
+    def _clips(self, epoch: int, slot: int, n_slots: int) -> Iterator[dict[str, Any]]:
+        order = list(range(len(self.shards)))
+        if self.shuffle:
+            np.random.default_rng([self.seed, epoch]).shuffle(order)  # same order in every reader
+        offsets_rng = np.random.default_rng([self.seed, epoch, slot]) if self.shuffle else None
+        position = 0  # of the shard's first sample in this epoch's global sequence
+        for index in order:
+            path, count = self.shards[index]
+            first = position
+            for sample in iter_shard(path, keep=lambda i, first=first: (first + i) % n_slots == slot):
+                frames = sample["frames"]
+                for off in _clip_offsets(len(frames), self.clip_len, offsets_rng):
+                    sl = slice(off, off + self.clip_len)
+                    yield {
+                        "frames": torch.from_numpy(np.ascontiguousarray(frames[sl].transpose(0, 3, 1, 2))),
+                        "actions": torch.from_numpy(sample["actions"][sl].astype(np.int64)),
+                        "rewards": torch.from_numpy(sample["rewards"][sl].astype(np.float32)),
+                        "terminals": torch.from_numpy(sample["terminals"][sl].astype(bool)),
+                        "action_free": bool(sample["meta"].get("action_free", False)),
+                    }
+            position += count
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        slot, n_slots = self._reader_slot()
+        epochs = itertools.count() if self.epochs is None else range(self.epochs)
+        rng = np.random.default_rng([self.seed, 1_000_003, slot])
+        buffer: list[dict[str, Any]] = []
+        for epoch in epochs:
+            for clip in self._clips(epoch, slot, n_slots):
+                if not self.shuffle or self.shuffle_buffer <= 1:
+                    yield clip
+                elif len(buffer) < self.shuffle_buffer:
+                    buffer.append(clip)
+                else:
+                    i = int(rng.integers(len(buffer)))
+                    buffer[i], clip = clip, buffer[i]
+                    yield clip
+        order = rng.permutation(len(buffer))
+        yield from (buffer[i] for i in order)
+
+
+@dataclass
+class ClipLoader:
+    """Batches of clips ``(B, T, C, H, W)``; with ``batches`` set, exactly that many per rank
+    (so DDP ranks never wait on each other at an epoch's end)."""
+
+    loader: DataLoader
+    batches: int | None
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        it = iter(self.loader)
+        return it if self.batches is None else itertools.islice(it, self.batches)
+
+    def __len__(self) -> int:
+        if self.batches is None:
+            raise TypeError("an infinite ClipLoader has no length")
+        return self.batches
+
+
+def make_clip_loader(
+    shard_dir: str | Path,
+    split: str,
+    clip_len: int,
+    batch_size: int,
+    *,
+    num_workers: int = 0,
+    shuffle: bool = True,
+    seed: int = 0,
+    infinite: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    shuffle_buffer: int = 64,
+    verify: bool = True,
+) -> ClipLoader:
+    """A loader over one split. Finite loaders yield ``clips // (world_size * batch_size)``
+    batches on every rank (computed from the manifest); infinite ones never stop."""
+    paths = shard_paths(shard_dir, split, verify=verify)
+    entries = read_manifest(shard_dir)["splits"][split]["shards"]
+    lengths = [n for e in entries for n in e["chunk_lengths"]]
+    total_clips = sum(n // clip_len for n in lengths)
+    if total_clips == 0:
+        raise ValueError(f"no {split} chunk in {shard_dir} is as long as clip_len={clip_len}")
+    batches = None if infinite else total_clips // (world_size * batch_size)
+    if batches == 0:
+        raise ValueError(
+            f"{split} split has {total_clips} clips of length {clip_len}: too few for "
+            f"{world_size} rank(s) x batch {batch_size}"
+        )
+    # Ranks/workers hold disjoint samples, so a finite loader's ranks can differ by a few
+    # clips; cycling epochs and cutting at ``batches`` keeps every rank's count identical.
+    ds = ClipDataset([(p, e["chunks"]) for p, e in zip(paths, entries)], clip_len, shuffle=shuffle, seed=seed, epochs=None, rank=rank,
+                     world_size=world_size, shuffle_buffer=shuffle_buffer)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, drop_last=True,
+                        pin_memory=torch.cuda.is_available(), persistent_workers=False)
+    return ClipLoader(loader, batches)
+
+
+def count_clips(shard_dir: str | Path, split: str, clip_len: int) -> int:
+    manifest = read_manifest(shard_dir)
+    return sum(n // clip_len for e in manifest["splits"][split]["shards"] for n in e["chunk_lengths"])
+
+

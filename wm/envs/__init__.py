@@ -1,0 +1,1 @@
+"""Environments: the real game (retro.py), subprocess vectors (vector.py), policies."""

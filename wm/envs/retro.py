@@ -1,0 +1,164 @@
+"""stable-retro behind a small discrete action space, the way the world model sees a game.
+
+``RetroEnv`` is a gymnasium env: a per-game discrete action map (button combinations),
+frameskip (rewards summed, the last frame kept), sticky actions (the previous action is
+repeated with probability ``sticky_prob``, as in ALE v5), a resize to ``height x width``
+RGB inside the env (so worker processes ship small frames), and a step limit. The raw
+MultiBinary buttons pressed are returned in ``info["buttons"]`` so they can be stored too.
+
+One emulator per process is a stable-retro rule: use ``vector.make_vector_env`` (subprocess
+workers) or one ``RetroEnv`` per collection worker.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from PIL import Image
+
+from wm.config import EnvConfig
+
+
+class GameNotFoundError(ValueError):
+    """The game id is not one stable-retro knows."""
+
+
+class RomNotFoundError(FileNotFoundError):
+    """stable-retro knows the game but its ROM has not been imported."""
+
+
+def check_game(game: str, state: str | None = None) -> None:
+    """Raise a clear error for an unknown game, a missing ROM, or an unknown state."""
+    import stable_retro
+
+    games = stable_retro.data.list_games(stable_retro.data.Integrations.ALL)
+    if game not in games:
+        close = difflib.get_close_matches(game, games, n=5, cutoff=0.5)
+        hint = f" Close matches: {', '.join(close)}." if close else ""
+        raise GameNotFoundError(
+            f"unknown game '{game}'.{hint} `python -c \"import stable_retro; "
+            f"print(stable_retro.data.list_games())\"` lists all {len(games)} games."
+        )
+    try:
+        stable_retro.data.get_romfile_path(game, stable_retro.data.Integrations.ALL)
+    except FileNotFoundError as err:
+        raise RomNotFoundError(
+            f"the ROM for '{game}' is not installed. stable-retro ships only a few ROMs "
+            f"(e.g. Airstriker-Genesis-v0); import your own legally obtained ROM with "
+            f"`python -m stable_retro.import <dir-with-roms>` and run again."
+        ) from err
+    if state is not None:
+        states = stable_retro.data.list_states(game, stable_retro.data.Integrations.ALL)
+        if state not in states:
+            raise GameNotFoundError(f"unknown state '{state}' for {game}; available: {', '.join(states)}")
+
+
+class RetroEnv(gym.Env):
+    """A retro game with discrete actions, frameskip, sticky actions and resized RGB frames."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, cfg: EnvConfig):
+        import stable_retro
+
+        check_game(cfg.game, cfg.state)
+        self.cfg = cfg
+        state = cfg.state if cfg.state is not None else stable_retro.State.DEFAULT
+        self._emu = stable_retro.make(cfg.game, state=state, render_mode=None)  # headless
+        self.buttons: list[str] = list(self._emu.unwrapped.buttons)
+        self.button_table = build_button_table(cfg.action_map, self.buttons, cfg.game)
+        self.action_space = gym.spaces.Discrete(len(self.button_table))
+        self.observation_space = gym.spaces.Box(0, 255, (cfg.height, cfg.width, 3), np.uint8)
+        self._rng = np.random.default_rng()
+        self._prev_action = 0
+        self._t = 0
+        self.emu_frames = 0  # emulator steps since construction (for throughput figures)
+
+    @property
+    def n_buttons(self) -> int:
+        return len(self.buttons)
+
+    def _resize(self, frame: np.ndarray) -> np.ndarray:
+        h, w = frame.shape[:2]
+        if (h, w) == (self.cfg.height, self.cfg.width):
+            return frame
+        # BOX = area averaging: a few-pixel sprite fades but does not vanish, as it can with
+        # nearest or non-antialiased bilinear sampling.
+        img = Image.fromarray(frame).resize((self.cfg.width, self.cfg.height), Image.Resampling.BOX)
+        return np.asarray(img)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        obs, info = self._emu.reset(seed=seed)
+        self._prev_action = 0
+        self._t = 0
+        return self._resize(obs), {"buttons": np.zeros(self.n_buttons, np.uint8), **info}
+
+    def step(self, action: int):
+        action = int(action)
+        if not 0 <= action < len(self.button_table):
+            raise ValueError(f"action {action} outside the action map (0..{len(self.button_table) - 1})")
+        if self.cfg.sticky_prob > 0 and self._rng.random() < self.cfg.sticky_prob:
+            action = self._prev_action
+        self._prev_action = action
+        buttons = self.button_table[action]
+        total = 0.0
+        terminated = truncated = False
+        info: dict[str, Any] = {}
+        obs = None
+        for _ in range(self.cfg.frameskip):
+            obs, reward, terminated, truncated, info = self._emu.step(buttons)
+            self.emu_frames += 1
+            total += float(reward)
+            if terminated or truncated:
+                break
+        self._t += 1
+        if self._t >= self.cfg.max_episode_steps:
+            truncated = True
+        info = {**info, "buttons": buttons.copy(), "action": action}
+        return self._resize(obs), total, bool(terminated), bool(truncated), info
+
+    def close(self) -> None:
+        self._emu.close()
+
+
+def build_button_table(action_map: list[list[str]], buttons: list[str], game: str) -> np.ndarray:
+    """(n_actions, n_buttons) uint8 table: row a = the buttons action a presses."""
+    if not action_map:
+        raise ValueError(f"env.action_map is empty for {game}")
+    table = np.zeros((len(action_map), len(buttons)), np.uint8)
+    for a, combo in enumerate(action_map):
+        for name in combo:
+            if name not in buttons:
+                raise ValueError(
+                    f"env.action_map[{a}] uses button '{name}', which {game} does not have; "
+                    f"its buttons are {buttons}"
+                )
+            table[a, buttons.index(name)] = 1
+    return table
+
+
+def measure_raw_steps_per_s(game: str, state: str | None, seconds: float, seed: int = 0) -> float:
+    """Raw emulator steps/s in this process: random buttons, full frames, no wrapper."""
+    import time
+
+    import stable_retro
+
+    check_game(game, state)
+    emu = stable_retro.make(game, state=state or stable_retro.State.DEFAULT, render_mode=None)
+    rng = np.random.default_rng(seed)
+    emu.reset(seed=seed)
+    n = 0
+    start = time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or n == 0:
+        _, _, term, trunc, _ = emu.step(rng.integers(0, 2, emu.action_space.n, dtype=np.uint8))
+        n += 1
+        if term or trunc:
+            emu.reset()
+    emu.close()
+    return n / elapsed

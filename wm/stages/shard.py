@@ -1,0 +1,95 @@
+"""shard: rollouts (one .npz per episode) -> WebDataset train/val shards + manifest.
+
+The split is by episode (seeded), so no held-out frame has a training twin a few steps
+away. Train chunks are written in a seeded shuffled order, so every shard mixes episodes
+and a reader that shuffles shards and a small buffer sees well-mixed batches.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from wm.atomic import atomic_dir, write_json_atomic
+from wm.config import Config
+from wm.data.episodes import load_episode
+from wm.data.shards import MANIFEST, episode_samples, split_episodes, write_split
+from wm.provenance import code_version
+
+METRICS_PATH = Path("data/metrics/shard.json")
+
+
+def read_rollouts(in_dir: Path) -> dict[str, Any]:
+    path = in_dir / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no rollouts in {in_dir} ({path} missing): run `wm collect` first")
+    return json.loads(path.read_text())
+
+
+def build_shards(
+    episodes: list[tuple[int, Path]],
+    out_dir: Path,
+    *,
+    chunk_len: int,
+    chunks_per_shard: int,
+    val_fraction: float,
+    seed: int,
+    compress_level: int,
+    header: dict[str, Any],
+) -> dict[str, Any]:
+    """Write train/val shards for ``episodes`` (index, npz path) into ``out_dir``; return the manifest."""
+    train, val = split_episodes([i for i, _ in episodes], val_fraction, seed)
+    files = dict(episodes)
+    manifest: dict[str, Any] = {**header, "chunk_len": chunk_len, "splits": {}, "code_version": code_version()}
+    for split, indices in (("train", train), ("val", val)):
+        samples, infos = [], []
+        for index in tqdm(indices, desc=f"shard {split}", unit="episode", dynamic_ncols=True):
+            ep = load_episode(files[index])
+            samples.extend(episode_samples(ep, index, chunk_len, compress_level))
+            infos.append({"episode": index, "length": len(ep), "ret": ep.ret,
+                          "action_free": bool(ep.meta.get("action_free", False))})
+        if split == "train":
+            order = np.random.default_rng([seed, 1]).permutation(len(samples))
+            samples = [samples[i] for i in order]
+        shards = write_split(out_dir, split, samples, chunks_per_shard)
+        manifest["splits"][split] = {
+            "episodes": infos,
+            "n_episodes": len(infos),
+            "frames": int(sum(i["length"] for i in infos)),
+            "chunks": len(samples),
+            "mean_return": float(np.mean([i["ret"] for i in infos])),
+            "shards": shards,
+        }
+    write_json_atomic(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    s = cfg.shard
+    in_dir, out_dir = Path(s.in_dir), Path(s.out_dir)
+    rollouts = read_rollouts(in_dir)
+    episodes = [(e["episode"], in_dir / e["file"]) for e in rollouts["episodes"]]
+    start = time.perf_counter()
+    header = {"kind": "frames", "env": rollouts["env"], "policy": rollouts["policy"], "seed": rollouts["seed"],
+              "source": str(in_dir)}
+    with atomic_dir(out_dir) as tmp:
+        manifest = build_shards(episodes, tmp, chunk_len=s.chunk_len, chunks_per_shard=s.chunks_per_shard,
+                                val_fraction=s.val_fraction, seed=rollouts["seed"],
+                                compress_level=s.compress_level, header=header)
+    sizes = sum(p.stat().st_size for p in out_dir.rglob("*.tar"))
+    metrics = {
+        "train_episodes": manifest["splits"]["train"]["n_episodes"],
+        "val_episodes": manifest["splits"]["val"]["n_episodes"],
+        "train_frames": manifest["splits"]["train"]["frames"],
+        "val_frames": manifest["splits"]["val"]["frames"],
+        "shards": sum(len(v["shards"]) for v in manifest["splits"].values()),
+        "bytes": sizes,
+        "wall_s": round(time.perf_counter() - start, 2),
+    }
+    write_json_atomic(METRICS_PATH, metrics)
+    return metrics
