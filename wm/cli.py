@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if metrics:
         print(json.dumps(metrics, indent=2, sort_keys=True, default=str))
-    return 0
+    return 1 if metrics and metrics.get("failed") else 0
 
 
 if __name__ == "__main__":

@@ -110,15 +110,19 @@ def sha256_file(path: Path) -> str:
 
 
 def split_episodes(indices: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded split by episode: (train, val). At least one of each when there are two."""
+    """Seeded split by episode: (train, val). With ``val_fraction > 0`` both sides get at
+    least one episode (so at least two are needed); ``val_fraction == 0`` keeps all in train."""
     indices = sorted(indices)
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"shard.val_fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction == 0:
+        return indices, []
     if len(indices) < 2:
-        raise ValueError(f"need at least 2 episodes for a train/val split, got {len(indices)}")
+        raise ValueError(f"need at least 2 episodes for a train/val split, got {len(indices)}; collect more")
     n_val = min(len(indices) - 1, max(1, round(val_fraction * len(indices))))
     perm = np.random.default_rng(seed).permutation(len(indices))
-    val = sorted(indices[i] for i in perm[:n_val])
-    train = [i for i in indices if i not in set(val)]
-    return train, val
+    val = {indices[i] for i in perm[:n_val]}
+    return [i for i in indices if i not in val], sorted(val)
 
 
 def write_split(
@@ -229,10 +233,10 @@ def _clip_offsets(length: int, clip_len: int, rng: np.random.Generator | None) -
 class ClipDataset(IterableDataset):
     """Fixed-length clips from shards, split across DDP ranks and DataLoader workers.
 
-    Samples (chunks) are dealt round-robin to the ``world_size * num_workers`` readers in
-    a per-epoch order that every reader computes identically from the seed, so readers never
-    overlap and together cover the data. ``shards`` pairs each file with its sample count
-    (from the manifest). Each item: ``frames`` (T, 3, H, W) uint8, ``actions`` (T,) int64,
+    Samples (chunks) are dealt round-robin to ranks, then to each rank's DataLoader workers,
+    in a per-epoch order that every reader computes identically from the seed, so readers
+    never overlap and together cover the data. ``shards`` pairs each file with its sample count
+    (from the manifest). Each item: ``key`` ("<sample key>@<offset>"), ``frames`` (T, 3, H, W) uint8, ``actions`` (T,) int64,
     ``rewards`` (T,) float32, ``terminals`` (T,) bool, ``action_free`` bool.
     """
 
@@ -262,25 +266,28 @@ class ClipDataset(IterableDataset):
         self.world_size = world_size
         self.shuffle_buffer = shuffle_buffer
 
-    def _reader_slot(self) -> tuple[int, int]:
-        info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        return self.rank * workers + worker, self.world_size * workers
+    def _owns(self, position: int, worker: int, workers: int) -> bool:
+        """Sample ``position`` goes to rank ``position % world_size``, then to a DataLoader
+        worker of that rank by its rank-local index, so a rank's data is the same whatever
+        its number of workers."""
+        return position % self.world_size == self.rank and (position // self.world_size) % workers == worker
 
-    def _clips(self, epoch: int, slot: int, n_slots: int) -> Iterator[dict[str, Any]]:
+    def _clips(self, epoch: int, worker: int, workers: int) -> Iterator[dict[str, Any]]:
         order = list(range(len(self.shards)))
         if self.shuffle:
             np.random.default_rng([self.seed, epoch]).shuffle(order)  # same order in every reader
+        slot = self.rank * workers + worker
         offsets_rng = np.random.default_rng([self.seed, epoch, slot]) if self.shuffle else None
         position = 0  # of the shard's first sample in this epoch's global sequence
         for index in order:
             path, count = self.shards[index]
             first = position
-            for sample in iter_shard(path, keep=lambda i, first=first: (first + i) % n_slots == slot):
+            for sample in iter_shard(path, keep=lambda i, first=first: self._owns(first + i, worker, workers)):
                 frames = sample["frames"]
                 for off in _clip_offsets(len(frames), self.clip_len, offsets_rng):
                     sl = slice(off, off + self.clip_len)
                     yield {
+                        "key": f"{sample['__key__']}@{off}",
                         "frames": torch.from_numpy(np.ascontiguousarray(frames[sl].transpose(0, 3, 1, 2))),
                         "actions": torch.from_numpy(sample["actions"][sl].astype(np.int64)),
                         "rewards": torch.from_numpy(sample["rewards"][sl].astype(np.float32)),
@@ -290,12 +297,13 @@ class ClipDataset(IterableDataset):
             position += count
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        slot, n_slots = self._reader_slot()
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         epochs = itertools.count() if self.epochs is None else range(self.epochs)
-        rng = np.random.default_rng([self.seed, 1_000_003, slot])
+        rng = np.random.default_rng([self.seed, 1_000_003, self.rank * workers + worker])
         buffer: list[dict[str, Any]] = []
         for epoch in epochs:
-            for clip in self._clips(epoch, slot, n_slots):
+            for clip in self._clips(epoch, worker, workers):
                 if not self.shuffle or self.shuffle_buffer <= 1:
                     yield clip
                 elif len(buffer) < self.shuffle_buffer:

@@ -62,7 +62,7 @@ def build_shards(
             "n_episodes": len(infos),
             "frames": int(sum(i["length"] for i in infos)),
             "chunks": len(samples),
-            "mean_return": float(np.mean([i["ret"] for i in infos])),
+            "mean_return": float(np.mean([i["ret"] for i in infos])) if infos else None,
             "shards": shards,
         }
     write_json_atomic(out_dir / MANIFEST, manifest)

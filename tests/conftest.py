@@ -1,0 +1,83 @@
+"""Shared fixtures: the debug config, and one small real rollout + shard set per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from wm import config as config_mod
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's bin: wm, dvc, prefect
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def debug_raw() -> dict:
+    return config_mod.compose("debug")
+
+
+def make_cfg(raw: dict, *overrides: str) -> config_mod.Config:
+    return config_mod.from_dict(config_mod.Config, config_mod.apply_overrides(raw, overrides))
+
+
+@pytest.fixture(scope="session")
+def debug_cfg(debug_raw) -> config_mod.Config:
+    return make_cfg(debug_raw)
+
+
+@pytest.fixture(scope="session")
+def debug_data(tmp_path_factory, debug_raw):
+    """Run the real collect + shard stages (debug preset) once into a temp dir."""
+    from wm.stages import collect, shard
+
+    base = tmp_path_factory.mktemp("debug_data")
+    cfg = make_cfg(
+        debug_raw,
+        f"collect.out_dir={base / 'rollouts'}",
+        f"shard.in_dir={base / 'rollouts'}",
+        f"shard.out_dir={base / 'shards'}",
+    )
+    cwd = os.getcwd()
+    os.chdir(base)  # metrics land under base/data/metrics, not in the repo
+    try:
+        metrics = collect.run(cfg)
+        shard_metrics = shard.run(cfg)
+    finally:
+        os.chdir(cwd)
+    return {"cfg": cfg, "dir": base, "collect": metrics, "shard": shard_metrics}
+
+
+def env_with_venv() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("WANDB_MODE", "offline")
+    return env
+
+
+def copy_repo(dst: Path) -> Path:
+    """The repository's tracked files (plus uncommitted edits) copied into ``dst``."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        src = ROOT / rel
+        if src.is_file() and not rel.startswith("data/"):
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    return dst

@@ -1,0 +1,70 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from wm import config as config_mod
+from conftest import ROOT
+
+
+@pytest.mark.parametrize("preset", config_mod.PRESETS)
+def test_every_preset_composes_and_validates(preset):
+    raw = config_mod.compose(preset)
+    cfg = config_mod.from_dict(config_mod.Config, raw)
+    assert cfg.preset_name == preset
+    assert config_mod.to_dict(cfg) == raw  # lossless both ways
+
+
+def test_committed_params_is_the_default_composition():
+    on_disk = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert on_disk == config_mod.compose("default"), "params.yaml is stale: run `wm compose --preset default`"
+
+
+def test_debug_preset_overrides_default():
+    debug = config_mod.from_dict(config_mod.Config, config_mod.compose("debug"))
+    default = config_mod.from_dict(config_mod.Config, config_mod.compose("default"))
+    assert debug.collect.frames < default.collect.frames
+    assert debug.env.game == default.env.game
+
+
+def test_unknown_key_names_valid_keys_and_close_match():
+    raw = config_mod.compose("debug")
+    with pytest.raises(config_mod.ConfigError) as err:
+        config_mod.apply_overrides(raw, ["collect.frams=10"])
+    msg = str(err.value)
+    assert "collect.frams" in msg and "Did you mean 'frames'" in msg and "workers" in msg
+
+
+def test_unknown_key_in_params_file():
+    raw = config_mod.compose("debug")
+    raw["collect"]["bogus"] = 1
+    with pytest.raises(config_mod.ConfigError, match="unknown config key 'collect.bogus'.*Valid keys"):
+        config_mod.from_dict(config_mod.Config, raw)
+
+
+def test_missing_key_and_wrong_type():
+    raw = config_mod.compose("debug")
+    del raw["shard"]["chunk_len"]
+    with pytest.raises(config_mod.ConfigError, match="missing config key.*shard.chunk_len"):
+        config_mod.from_dict(config_mod.Config, raw)
+    raw = config_mod.compose("debug")
+    with pytest.raises(config_mod.ConfigError, match="collect.frames: expected an integer"):
+        config_mod.from_dict(config_mod.Config, config_mod.apply_overrides(raw, ["collect.frames=lots"]))
+
+
+def test_hydra_override_errors_are_config_errors():
+    with pytest.raises(config_mod.ConfigError):
+        config_mod.compose("debug", ["collect.nope=1"])
+    with pytest.raises(config_mod.ConfigError, match="Valid presets"):
+        config_mod.compose("debgu")
+    raw = config_mod.compose("debug", ["collect.frames=123"])
+    assert raw["collect"]["frames"] == 123
+
+
+def test_cli_bad_override_is_a_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "wm.cli", "collect", "--preset", "debug", "collect.wrkers=3"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Did you mean 'workers'" in proc.stderr
+    assert not (tmp_path / "data").exists()  # nothing written

@@ -1,0 +1,95 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from wm.envs.policies import StickyRandomPolicy, make_policy
+from wm.envs.retro import GameNotFoundError, RetroEnv, RomNotFoundError, build_button_table, check_game
+from wm.stages.collect import play_episode
+
+BUTTONS = ["B", "A", "MODE", "START", "UP", "DOWN", "LEFT", "RIGHT", "C", "Y", "X", "Z"]
+
+
+def test_action_map_to_buttons(debug_cfg):
+    table = build_button_table(debug_cfg.env.action_map, BUTTONS, "Airstriker-Genesis-v0")
+    assert table.shape == (10, 12)
+    assert table[0].sum() == 0  # noop
+    up_fire = debug_cfg.env.action_map.index(["UP", "B"])
+    assert set(np.flatnonzero(table[up_fire])) == {BUTTONS.index("UP"), BUTTONS.index("B")}
+    assert len({tuple(r) for r in table}) == 10  # every action distinct
+    with pytest.raises(ValueError, match="does not have"):
+        build_button_table([["FIRE"]], BUTTONS, "Airstriker-Genesis-v0")
+
+
+def test_env_steps_report_buttons_and_resize(debug_cfg):
+    env = RetroEnv(debug_cfg.env)
+    obs, _ = env.reset(seed=1)
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    frames_before = env.emu_frames
+    obs, reward, term, trunc, info = env.step(6)
+    assert np.array_equal(info["buttons"], env.button_table[6])
+    assert env.emu_frames - frames_before == debug_cfg.env.frameskip
+    with pytest.raises(ValueError, match="outside the action map"):
+        env.step(10)
+    env.close()
+
+
+def test_episode_is_deterministic_given_seed(debug_cfg):
+    env = RetroEnv(debug_cfg.env)
+    policy = make_policy("random", env.action_space.n)
+    a = play_episode(env, policy, seed=7)
+    b = play_episode(env, policy, seed=7)
+    c = play_episode(env, policy, seed=8)
+    env.close()
+    assert len(a) == debug_cfg.env.max_episode_steps
+    for name in ("frames", "actions", "buttons", "rewards", "terminals"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert not np.array_equal(a.actions, c.actions)
+    assert a.frames.std() > 0  # real frames, not blank
+
+
+def test_sticky_actions_repeat_previous(debug_cfg):
+    env_cfg = dataclasses.replace(debug_cfg.env, sticky_prob=1.0)
+    env = RetroEnv(env_cfg)
+    env.reset(seed=0)
+    applied = [env.step(a)[4]["action"] for a in (3, 5, 7)]
+    env.close()
+    assert applied == [0, 0, 0]  # always the previous action, which starts at noop
+
+
+def test_sticky_random_policy_holds_actions():
+    policy = StickyRandomPolicy(10, mean_steps=8.0)
+    policy.reset(np.random.default_rng(0))
+    acts = np.array([policy.act(None) for _ in range(4000)])
+    switches = np.count_nonzero(np.diff(acts))
+    assert 300 < switches < 600  # ~ 4000/8 * 9/10 changes
+
+
+def test_unknown_game_lists_close_matches():
+    with pytest.raises(GameNotFoundError, match="Close matches: Airstriker-Genesis-v0"):
+        check_game("Airstriker-Genesis")
+
+
+def test_missing_rom_names_import_command():
+    with pytest.raises(RomNotFoundError, match=r"python -m stable_retro.import"):
+        check_game("SonicTheHedgehog-Genesis-v0")
+
+
+def test_unknown_state_is_an_error():
+    with pytest.raises(GameNotFoundError, match="available: Level1"):
+        check_game("Airstriker-Genesis-v0", "Level9")
+
+
+def test_vector_env_uses_subprocesses(debug_cfg):
+    from wm.envs.vector import make_vector_env
+
+    venv = make_vector_env(debug_cfg.env, 2)
+    try:
+        obs, _ = venv.reset(seed=[0, 1])
+        assert obs.shape == (2, 64, 64, 3)
+        obs, rew, term, trunc, info = venv.step(np.array([1, 6]))
+        assert rew.shape == (2,)
+        table = build_button_table(debug_cfg.env.action_map, BUTTONS, debug_cfg.env.game)
+        assert np.array_equal(info["buttons"][0], table[1]) and np.array_equal(info["buttons"][1], table[6])
+    finally:
+        venv.close()
