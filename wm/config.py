@@ -71,12 +71,66 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class TransformerConfig:
+    dim: int
+    depth: int
+    heads: int
+    kv_heads: int            # GQA: key/value heads shared by heads // kv_heads query heads
+    mlp_ratio: float
+    time_every: int          # every n-th block attends over time (0: never)
+    time_window: int         # frames a time block can see (0: all past frames)
+    qk_norm: bool
+    softcap: float           # attention logit soft cap (0: off, SDPA fast path)
+    rope_base: float
+    registers: int
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    batch_size: int
+    clip_len: int
+    lr: float
+    min_lr_ratio: float      # cosine decays to lr * min_lr_ratio
+    warmup: int
+    weight_decay: float
+    grad_clip: float
+    log_every: int
+    eval_every: int
+    ckpt_every: int
+    seed: int
+    num_workers: int
+    precision: str           # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    compile: bool
+    distributed: str         # none | ddp | fsdp (under torchrun)
+    wandb: str               # offline | disabled | online
+    threads: int             # torch CPU threads (0: torch's default)
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    patch: int
+    n_latents: int
+    latent_dim: int
+    mask_max: float          # MAE: per-sample mask ratio ~ U(0, mask_max)
+    lpips_weight: float
+    lpips_frames: int        # frames per batch that go through LPIPS (it dominates CPU cost)
+    rms_decay: float         # running RMS used to normalise each loss term
+    encoder: TransformerConfig
+    decoder: TransformerConfig
+    train: TrainConfig
+    eval_batches: int
+    out_dir: str
+
+
+@dataclass(frozen=True)
 class Config:
     preset_name: str
     env: EnvConfig
     collect: CollectConfig
     shard: ShardConfig
     data: DataConfig
+    tokenizer: TokenizerConfig
 
 
 T = TypeVar("T")
