@@ -1,8 +1,9 @@
 """shard: rollouts (one .npz per episode) -> WebDataset train/val shards + manifest.
 
 The split is by episode (seeded), so no held-out frame has a training twin a few steps
-away. Train chunks are written in a seeded shuffled order, so every shard mixes episodes
-and a reader that shuffles shards and a small buffer sees well-mixed batches.
+away. Chunks are written in a seeded shuffled order, so every shard mixes episodes, a
+reader that shuffles shards and a small buffer sees well-mixed batches, and a fixed
+evaluation set taken from the start of the val split is representative.
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ def build_shards(
             samples.extend(episode_samples(ep, index, chunk_len, compress_level))
             infos.append({"episode": index, "length": len(ep), "ret": ep.ret,
                           "action_free": bool(ep.meta.get("action_free", False))})
-        if split == "train":
-            order = np.random.default_rng([seed, 1]).permutation(len(samples))
-            samples = [samples[i] for i in order]
+        # Seeded shuffle (val too): an unshuffled read of the first val batches is then a
+        # spread over episodes and game phases, not the opening seconds of one episode.
+        order = np.random.default_rng([seed, 1 if split == "train" else 2]).permutation(len(samples))
+        samples = [samples[i] for i in order]
         shards = write_split(out_dir, split, samples, chunks_per_shard)
         manifest["splits"][split] = {
             "episodes": infos,

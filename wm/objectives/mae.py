@@ -1,0 +1,71 @@
+"""Tokenizer objective (Dreamer 4 §tokenizer): masked autoencoding, MSE + 0.2 * LPIPS.
+
+- Each frame draws its own mask ratio p ~ U(0, mask_max) (paper: 0.9) and hides that
+  fraction of its patches from the encoder (the model swaps in a learned mask token).
+- The reconstruction of the *whole* frame is scored, masked and visible patches alike.
+- Each loss term is divided by a running RMS of its own magnitude, so MSE and LPIPS
+  contribute on equal footing whatever their scales (the 0.2 then sets LPIPS's share).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from wm.config import TokenizerConfig
+
+
+class RunningRMS(nn.Module):
+    """Exponential moving RMS of a scalar; ``normalize`` divides by it (no gradient through it)."""
+
+    def __init__(self, decay: float):
+        super().__init__()
+        self.decay = decay
+        self.register_buffer("sq", torch.zeros(()))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    def normalize(self, value: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                v = value.detach().float() ** 2
+                self.sq.copy_(v if self.count == 0 else self.decay * self.sq + (1 - self.decay) * v)
+                self.count += 1
+        return value / self.sq.sqrt().clamp_min(1e-8)
+
+
+def sample_patch_mask(batch: int, time: int, n_patches: int, mask_max: float, device: torch.device) -> torch.Tensor:
+    """(B, T, N) bool, True = hidden; each frame's ratio ~ U(0, mask_max)."""
+    ratio = torch.rand(batch, time, 1, device=device) * mask_max
+    return torch.rand(batch, time, n_patches, device=device) < ratio
+
+
+class TokenizerLoss(nn.Module):
+    """Callable ``(model, batch) -> (loss, logs)``; holds the running RMS statistics."""
+
+    def __init__(self, cfg: TokenizerConfig, lpips_net: nn.Module | None):
+        super().__init__()
+        self.cfg = cfg
+        self.lpips = lpips_net
+        self.mse_rms = RunningRMS(cfg.rms_decay)
+        self.lpips_rms = RunningRMS(cfg.rms_decay)
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        frames = batch["frames"]
+        x = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames  # (B, T, 3, H, W)
+        b, t = x.shape[:2]
+        n_patches = (x.shape[-2] // self.cfg.patch) * (x.shape[-1] // self.cfg.patch)
+        mask = sample_patch_mask(b, t, n_patches, self.cfg.mask_max, x.device)
+        recon, _ = model(x, mask)
+        mse = (recon.float() - x).pow(2).mean()
+        loss = self.mse_rms.normalize(mse)
+        logs = {"tokenizer/train/mse": mse.item(), "tokenizer/train/mask_ratio": mask.float().mean().item()}
+        if self.lpips is not None and self.cfg.lpips_weight > 0:
+            k = min(self.cfg.lpips_frames, b * t)
+            idx = torch.randperm(b * t, device=x.device)[:k]
+            pred = recon.flatten(0, 1)[idx].float().clamp(0, 1) * 2 - 1
+            real = x.flatten(0, 1)[idx] * 2 - 1
+            lp = self.lpips(pred, real).mean()
+            loss = loss + self.cfg.lpips_weight * self.lpips_rms.normalize(lp)
+            logs["tokenizer/train/lpips"] = lp.item()
+        logs["tokenizer/train/loss"] = loss.item()
+        return loss, logs
