@@ -15,14 +15,14 @@ def run(cmd, cwd, **kw):
     return proc
 
 
-def test_debug_dvc_repro_of_data_stages(tmp_path):
+def test_debug_dvc_pipeline_end_to_end(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     run(["git", "init", "-q"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], repo)
     # `dvc exp run -S preset=debug` re-composes params.yaml from wm/conf through Hydra
     start = time.perf_counter()
-    run(["dvc", "exp", "run", "-S", "preset=debug", "shard"], repo)
+    run(["dvc", "exp", "run", "-S", "preset=debug"], repo)
     elapsed = time.perf_counter() - start
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["preset_name"] == "debug"
@@ -31,15 +31,26 @@ def test_debug_dvc_repro_of_data_stages(tmp_path):
     manifest = json.loads((repo / "data/shards/manifest.json").read_text())
     assert manifest["splits"]["train"]["shards"] and manifest["splits"]["val"]["shards"]
     assert (repo / "dvc.lock").exists()
-    print(f"debug dvc exp run shard: {elapsed:.1f}s")
+    tok = json.loads((repo / "data/metrics/tokenizer.json").read_text())
+    assert tok["steps"] == params["tokenizer"]["train"]["steps"] and tok["val/psnr"] > 0
+    assert (repo / "data/checkpoints/tokenizer/checkpoint.pt").exists()
+    dyn = json.loads((repo / "data/metrics/dynamics.json").read_text())
+    k, h = params["dynamics"]["sample_steps"], params["dynamics"]["horizon"]
+    for key in (f"psnr_h4/k{k}", f"psnr_h{h}/k{k}", "psnr_h4/repeat_last", f"psnr_h{h}/mean_frame",
+                f"psnr_h4/k{k}_shuffled_actions", f"fps/k{k}_kv", f"fps/k{k}_nokv", "train_steps_per_s", "params"):
+        assert key in dyn, key
+    assert (repo / "data/eval/dynamics_rollout.gif").exists()
+    assert (repo / "data/latents/manifest.json").exists()
+    print(f"debug dvc exp run (all stages): {elapsed:.1f}s")
     # nothing changed: a second repro skips both stages
-    out = run(["dvc", "repro", "shard"], repo).stdout
+    out = run(["dvc", "repro"], repo).stdout
     assert "didn't change, skipping" in out and "Running stage" not in out
     # a changed param re-runs only the affected stage
     params["shard"]["chunk_len"] = 16
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro", "shard"], repo).stdout
     assert "Running stage 'shard'" in out and "Running stage 'collect'" not in out
+    assert "Running stage 'train_tokenizer'" not in out  # downstream of shard, but not asked for
     assert json.loads((repo / "data/shards/manifest.json").read_text())["chunk_len"] == 16
     # push/pull through the local remote configured in .dvc/config
     run(["dvc", "push"], repo)

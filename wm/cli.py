@@ -54,6 +54,8 @@ STAGES = {
     "collect": ("collect", False),
     "shard": ("shard", False),
     "train-tokenizer": ("train_tokenizer", True),
+    "cache-latents": ("cache_latents", False),
+    "train-dynamics": ("train_dynamics", True),
 }
 
 

@@ -124,6 +124,31 @@ class TokenizerConfig:
 
 
 @dataclass(frozen=True)
+class LatentsConfig:
+    in_dir: str              # frame shards to encode
+    out_dir: str
+    batch_chunks: int        # chunks encoded per forward pass
+
+
+@dataclass(frozen=True)
+class DynamicsConfig:
+    k_max: int               # finest step 1/k_max (paper: 64)
+    ctx_noise: float         # noise level of context frames when sampling (paper: 0.1)
+    sample_steps: int        # K denoising steps per generated frame (paper: 4)
+    short_len: int           # T1: most batches
+    long_len: int            # T2: every long_every-th batch
+    long_every: int
+    long_batch_size: int
+    single_frame_frac: float  # fraction of batches that are single frames (paper: ~0.3)
+    context: int             # eval: real context frames before an open-loop rollout
+    horizon: int             # eval: frames generated open loop
+    eval_clips: int
+    model: TransformerConfig
+    train: TrainConfig
+    out_dir: str
+
+
+@dataclass(frozen=True)
 class Config:
     preset_name: str
     env: EnvConfig
@@ -131,6 +156,8 @@ class Config:
     shard: ShardConfig
     data: DataConfig
     tokenizer: TokenizerConfig
+    latents: LatentsConfig
+    dynamics: DynamicsConfig
 
 
 T = TypeVar("T")

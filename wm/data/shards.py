@@ -179,12 +179,21 @@ def shard_paths(shard_dir: str | Path, split: str, verify: bool = True) -> list[
 
 
 def _decode(key: str, files: dict[str, bytes], path: Path) -> dict[str, Any]:
+    """A sample's arrays: ``frames`` (frame shards) or ``latents`` (latent shards), plus
+    actions, buttons, rewards, terminals and meta."""
     try:
-        with zipfile.ZipFile(io.BytesIO(files["frames.npz"])) as zf:
-            frames = np.lib.format.read_array(io.BytesIO(zf.read("frames.npy")), allow_pickle=False)
-        out = {"__key__": key, "frames": frames, "meta": json.loads(files["meta.json"])}
-        for name in ("actions", "buttons", "rewards", "terminals"):
-            out[name] = np.lib.format.read_array(io.BytesIO(files[f"{name}.npy"]), allow_pickle=False)
+        out: dict[str, Any] = {"__key__": key, "meta": json.loads(files["meta.json"])}
+        if "frames.npz" in files:
+            with zipfile.ZipFile(io.BytesIO(files["frames.npz"])) as zf:
+                out["frames"] = np.lib.format.read_array(io.BytesIO(zf.read("frames.npy")), allow_pickle=False)
+        for name in ("latents", "actions", "buttons", "rewards", "terminals"):
+            if f"{name}.npy" in files:
+                out[name] = np.lib.format.read_array(io.BytesIO(files[f"{name}.npy"]), allow_pickle=False)
+        if "frames" not in out and "latents" not in out:
+            raise KeyError("frames.npz or latents.npy")
+        for name in ("actions", "rewards", "terminals"):
+            if name not in out:
+                raise KeyError(f"{name}.npy")
     except (KeyError, ValueError, zipfile.BadZipFile, EOFError, OSError) as err:
         raise ShardError(f"corrupt sample '{key}' in shard {path}: {err!r}") from err
     return out
@@ -236,7 +245,8 @@ class ClipDataset(IterableDataset):
     Samples (chunks) are dealt round-robin to ranks, then to each rank's DataLoader workers,
     in a per-epoch order that every reader computes identically from the seed, so readers
     never overlap and together cover the data. ``shards`` pairs each file with its sample count
-    (from the manifest). Each item: ``key`` ("<sample key>@<offset>"), ``frames`` (T, 3, H, W) uint8, ``actions`` (T,) int64,
+    (from the manifest). Each item: ``key`` ("<sample key>@<offset>"), ``frames`` (T, 3, H, W) uint8
+    (frame shards) or ``latents`` (T, L, dz) float32 (latent shards), ``actions`` (T,) int64,
     ``rewards`` (T,) float32, ``terminals`` (T,) bool, ``action_free`` bool.
     """
 
@@ -283,12 +293,16 @@ class ClipDataset(IterableDataset):
             path, count = self.shards[index]
             first = position
             for sample in iter_shard(path, keep=lambda i, first=first: self._owns(first + i, worker, workers)):
-                frames = sample["frames"]
-                for off in _clip_offsets(len(frames), self.clip_len, offsets_rng):
+                length = len(sample["actions"])
+                for off in _clip_offsets(length, self.clip_len, offsets_rng):
                     sl = slice(off, off + self.clip_len)
+                    item = {"key": f"{sample['__key__']}@{off}"}
+                    if "frames" in sample:  # (T, H, W, 3) -> (T, 3, H, W) uint8
+                        item["frames"] = torch.from_numpy(np.ascontiguousarray(sample["frames"][sl].transpose(0, 3, 1, 2)))
+                    if "latents" in sample:  # (T, L, dz), stored as float16
+                        item["latents"] = torch.from_numpy(sample["latents"][sl].astype(np.float32))
                     yield {
-                        "key": f"{sample['__key__']}@{off}",
-                        "frames": torch.from_numpy(np.ascontiguousarray(frames[sl].transpose(0, 3, 1, 2))),
+                        **item,
                         "actions": torch.from_numpy(sample["actions"][sl].astype(np.int64)),
                         "rewards": torch.from_numpy(sample["rewards"][sl].astype(np.float32)),
                         "terminals": torch.from_numpy(sample["terminals"][sl].astype(bool)),

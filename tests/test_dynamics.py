@@ -1,0 +1,152 @@
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from wm.models.dynamics import Dynamics, rollout, shift_actions
+from wm.objectives.shortcut import ShortcutLoss, bootstrap_velocity, sample_shortcut, shortcut_terms
+
+
+@pytest.fixture()
+def dyn_cfg(debug_cfg):
+    return debug_cfg.dynamics
+
+
+def make_model(dyn_cfg, **model_kw) -> Dynamics:
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(dyn_cfg, model=dataclasses.replace(dyn_cfg.model, **model_kw)) if model_kw else dyn_cfg
+    return Dynamics(cfg, n_actions=10, n_latents=4, latent_dim=3).eval()
+
+
+def test_sample_shortcut_grid():
+    torch.manual_seed(0)
+    tau, d = sample_shortcut(4096, 3, 64, torch.device("cpu"))
+    k = -torch.log2(d)
+    assert torch.equal(k, k.round()) and k.min() == 0 and k.max() == 6
+    assert set(k.long().tolist()) == set(range(7))  # k ~ U{0..log2 Kmax}
+    on_grid = tau / d[:, None]
+    assert torch.allclose(on_grid, on_grid.round())
+    assert (tau >= 0).all() and (tau <= 1 - d[:, None] + 1e-9).all()
+    assert (tau[:, 0] != tau[:, 1]).any()  # per time step
+
+
+def test_shift_actions():
+    a = torch.tensor([[3, 4, 5]])
+    assert shift_actions(a).tolist() == [[-1, 3, 4]]
+
+
+def test_bootstrap_target_matches_hand_computation():
+    """f(z, tau, d, a) = z * (1 + tau) + d is simple enough to do the two half steps by hand."""
+
+    def f(z, tau, d, a):
+        d = d[:, None] if d.ndim == 1 else d
+        return z * (1 + tau[..., None, None]) + d[..., None, None]
+
+    z = torch.tensor([[[[0.5]]]])  # (B=1, T=1, L=1, dz=1)
+    tau = torch.tensor([[0.25]])
+    d = torch.tensor([0.5])
+    a = torch.zeros(1, 1, dtype=torch.long)
+    # by hand: half = 0.25
+    b1 = 0.5 * 1.25 + 0.25  # 0.875
+    v1 = (b1 - 0.5) / 0.75  # 0.5
+    z_mid = 0.5 + v1 * 0.25  # 0.625
+    b2 = z_mid * 1.5 + 0.25  # 1.1875
+    v2 = (b2 - z_mid) / 0.5  # 1.125
+    v_star = bootstrap_velocity(f, z, tau, d, a)
+    assert v_star.item() == pytest.approx((v1 + v2) / 2)
+    # and the loss term: z~ = (1 - tau) z0 + tau z1 with z0 = z1 = 0.5 gives z~ = 0.5
+    err, is_flow, boot = shortcut_terms(f, z, z, tau, d, a, d_min=1 / 64)
+    pred = 0.5 * 1.25 + 0.5  # f at full step d = 0.5
+    v_hat = (pred - 0.5) / 0.75
+    assert boot.item() and not is_flow.item()
+    assert err.item() == pytest.approx(0.75**2 * (v_hat - (v1 + v2) / 2) ** 2, rel=1e-5)  # float32
+    # the smallest step is plain flow matching against the clean latents
+    err, is_flow, _ = shortcut_terms(f, z, torch.zeros_like(z), tau, torch.tensor([1 / 64]), a, d_min=1 / 64)
+    z_t = 0.25 * 0.5
+    assert is_flow.item() and err.item() == pytest.approx((z_t * 1.25 + 1 / 64 - 0.5) ** 2)
+
+
+def test_loss_weights_and_backward(dyn_cfg):
+    model = make_model(dyn_cfg).train()
+    batch = {"latents": torch.tanh(torch.randn(3, 4, 4, 3)), "actions": torch.randint(0, 10, (3, 4)),
+             "action_free": torch.tensor([False, True, False])}
+    loss, logs = ShortcutLoss(dyn_cfg.k_max)(model, batch)
+    loss.backward()
+    assert math.isfinite(loss.item()) and model.latent_in.weight.grad is not None
+    assert logs["dynamics/train/clip_len"] == 4
+
+
+def test_dynamics_is_block_causal(dyn_cfg):
+    model = make_model(dyn_cfg)
+    z = torch.randn(2, 5, 4, 3)
+    tau = torch.rand(2, 5)
+    d = torch.full((2,), 0.25)
+    a = torch.randint(-1, 10, (2, 5))
+    out = model(z, tau, d, a)
+    z2, a2 = z.clone(), a.clone()
+    z2[:, 3:] = torch.randn(2, 2, 4, 3)
+    a2[:, 3:] = (a2[:, 3:] + 1) % 10
+    out2 = model(z2, tau, d, a2)
+    assert torch.equal(out[:, :3], out2[:, :3])
+    assert not torch.allclose(out[:, 3:], out2[:, 3:])
+    # actions matter for the frame they lead to
+    a3 = a.clone()
+    a3[:, 2] = (a3[:, 2] + 3) % 10
+    assert not torch.allclose(model(z, tau, d, a3)[:, 2], out[:, 2])
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_kv_cached_sampling_equals_uncached(dyn_cfg, steps):
+    model = make_model(dyn_cfg)
+    ctx = torch.tanh(torch.randn(2, 3, 4, 3))
+    prev_ctx = torch.randint(-1, 10, (2, 3))
+    prev_future = torch.randint(0, 10, (2, 5))
+    runs = []
+    for use_cache in (True, False):
+        g = torch.Generator().manual_seed(1)
+        runs.append(rollout(model, ctx, prev_ctx, prev_future, steps, 0.1, use_cache=use_cache, generator=g))
+    assert runs[0].shape == (2, 5, 4, 3)
+    # float32, different association order of the same sums: agree to 1e-4
+    torch.testing.assert_close(runs[0], runs[1], atol=1e-4, rtol=1e-4)
+
+
+def test_kv_cache_with_sliding_window(dyn_cfg):
+    model = make_model(dyn_cfg, time_window=3)
+    ctx = torch.tanh(torch.randn(1, 4, 4, 3))
+    prev = torch.randint(0, 10, (1, 10))
+    runs = [rollout(model, ctx, prev[:, :4], prev[:, 4:], 2, 0.1, use_cache=u, generator=torch.Generator().manual_seed(0))
+            for u in (True, False)]
+    torch.testing.assert_close(runs[0], runs[1], atol=1e-4, rtol=1e-4)
+
+
+def test_alternating_and_single_frame_batches_reach_the_model(debug_data, monkeypatch):
+    """The schedule's short, long and single-frame batches all arrive, in the stated shares."""
+    from conftest import make_cfg
+    from wm.config import to_dict
+    from wm.stages import cache_latents, train_dynamics, train_tokenizer
+    from wm.training.distributed import DistInfo
+
+    base = debug_data["dir"]
+    cfg = make_cfg(to_dict(debug_data["cfg"]), f"tokenizer.out_dir={base / 'tok_dyn'}",
+                   f"latents.in_dir={debug_data['cfg'].shard.out_dir}", f"latents.out_dir={base / 'latents'}",
+                   "dynamics.single_frame_frac=0.3", "dynamics.long_every=4")
+    monkeypatch.chdir(base)
+    train_tokenizer.run(cfg)
+    cache_latents.run(cfg)
+    lengths = [b["latents"].shape[1] for b, _ in zip(train_dynamics.batch_schedule(cfg, DistInfo(), 0), range(200))]
+    dyn = cfg.dynamics
+    assert set(lengths) == {1, dyn.short_len, dyn.long_len}
+    assert lengths.count(dyn.long_len) == 50  # every 4th
+    assert 0.15 < lengths.count(1) / 150 < 0.45  # ~30% of the others
+    # the schedule is a function of (seed, step): a resumed schedule continues identically
+    a = [b["latents"] for b, _ in zip(train_dynamics.batch_schedule(cfg, DistInfo(), 0), range(12))][7:]
+    b = [b["latents"] for b, _ in zip(train_dynamics.batch_schedule(cfg, DistInfo(), 7), range(5))]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    model = train_dynamics.build_dynamics(cfg, 16, 16)
+    seen = []
+    loss_fn = ShortcutLoss(dyn.k_max)
+    for batch, _ in zip(train_dynamics.batch_schedule(cfg, DistInfo(), 0), range(8)):
+        loss, logs = loss_fn(model, batch)
+        seen.append(int(logs["dynamics/train/clip_len"]))
+    assert set(seen) >= {dyn.long_len, dyn.short_len}

@@ -1,0 +1,164 @@
+"""Interactive dynamics model (Dreamer 4 §dynamics): predicts clean latents from noisy ones.
+
+Tokens of one time step t, in order (S = 1 + 1 + n_latents, plus the transformer's registers):
+
+    [ action a_{t-1} | shortcut signal (tau_t, d) | n_latents noisy latent tokens z~_t ]
+
+- The action token embeds the action that *led to* frame t (``actions[t-1]`` in the data's
+  convention); frame 0 and action-free video use a learned "no action" embedding (index
+  ``n_actions``).
+- The shortcut signal token is the sum of a learned embedding of the signal level
+  tau in {0, 1/Kmax, ..., 1} and one of the step size d = 1/2^k, k in {0..log2 Kmax}.
+- Each latent token is a linear projection of one tokenizer latent (latent_dim -> dim) plus
+  a learned per-slot embedding; the output at latent tokens -> linear -> x-prediction z^_1.
+- The shared transformer is block-causal (temporal attention every ``time_every``-th
+  block), uses GQA and registers, and can decode frame by frame with a KV cache.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from wm.config import DynamicsConfig
+from wm.models.transformer import KVCache, Transformer
+
+NO_ACTION_INDEX = -1
+
+
+def tau_index(tau: torch.Tensor, k_max: int) -> torch.Tensor:
+    return (tau * k_max).round().long().clamp(0, k_max)
+
+
+def step_index(d: torch.Tensor) -> torch.Tensor:
+    """d = 1/2^k -> k."""
+    return (-torch.log2(d)).round().long()
+
+
+class Dynamics(nn.Module):
+    def __init__(self, cfg: DynamicsConfig, n_actions: int, n_latents: int, latent_dim: int):
+        super().__init__()
+        if cfg.k_max & (cfg.k_max - 1):
+            raise ValueError(f"dynamics.k_max must be a power of two, got {cfg.k_max}")
+        self.cfg = cfg
+        self.n_actions = n_actions
+        self.n_latents = n_latents
+        self.latent_dim = latent_dim
+        dim = cfg.model.dim
+        self.action_embed = nn.Embedding(n_actions + 1, dim)  # last row: "no action"
+        self.tau_embed = nn.Embedding(cfg.k_max + 1, dim)
+        self.step_embed = nn.Embedding(int(math.log2(cfg.k_max)) + 1, dim)
+        self.latent_in = nn.Linear(latent_dim, dim)
+        self.slot_embed = nn.Parameter(torch.randn(n_latents, dim) * 0.02)
+        self.transformer = Transformer(cfg.model)
+        self.latent_out = nn.Linear(dim, latent_dim)
+        self.n_prefix = 2  # action, shortcut signal
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.n_prefix + self.n_latents
+
+    def embed_actions(self, prev_actions: torch.Tensor) -> torch.Tensor:
+        """prev_actions (B, T) with -1 = none -> (B, T, 1, D)."""
+        idx = torch.where(prev_actions < 0, torch.full_like(prev_actions, self.n_actions), prev_actions)
+        return self.action_embed(idx)[:, :, None]
+
+    def tokens(self, z_noisy: torch.Tensor, tau: torch.Tensor, d: torch.Tensor, prev_actions: torch.Tensor,
+               extra: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, S, D) tokens. z_noisy (B, T, L, dz); tau (B, T); d (B,) or (B, T); prev_actions (B, T)."""
+        b, t = tau.shape
+        d = d[:, None].expand(b, t) if d.ndim == 1 else d
+        signal = self.tau_embed(tau_index(tau, self.cfg.k_max)) + self.step_embed(step_index(d))
+        parts = [self.embed_actions(prev_actions), signal[:, :, None],
+                 self.latent_in(z_noisy) + self.slot_embed]
+        if extra is not None:
+            parts.append(extra)
+        return torch.cat(parts, dim=2)
+
+    def forward(
+        self,
+        z_noisy: torch.Tensor,
+        tau: torch.Tensor,
+        d: torch.Tensor,
+        prev_actions: torch.Tensor,
+        cache: KVCache | None = None,
+        update_cache: bool = True,
+    ) -> torch.Tensor:
+        """x-prediction of the clean latents z^_1 (B, T, L, dz)."""
+        h = self.transformer(self.tokens(z_noisy, tau, d, prev_actions), cache=cache, update_cache=update_cache)
+        return self.latent_out(h[:, :, self.n_prefix : self.n_prefix + self.n_latents])
+
+
+def shift_actions(actions: torch.Tensor) -> torch.Tensor:
+    """actions[t] (taken after frame t) -> prev_actions[t] = actions[t-1], -1 at t = 0."""
+    return torch.cat([torch.full_like(actions[:, :1], NO_ACTION_INDEX), actions[:, :-1]], dim=1)
+
+
+def _clean_context(z: torch.Tensor, noise: torch.Tensor, ctx_noise: float, k_max: int) -> tuple[torch.Tensor, float]:
+    """Context latents at signal level tau_ctx = 1 - ctx_noise, snapped to the tau grid."""
+    tau_c = round((1.0 - ctx_noise) * k_max) / k_max
+    return (1 - tau_c) * noise + tau_c * z, tau_c
+
+
+@torch.no_grad()
+def rollout(
+    model: Dynamics,
+    context: torch.Tensor,
+    context_prev_actions: torch.Tensor,
+    future_prev_actions: torch.Tensor,
+    steps: int,
+    ctx_noise: float,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Generate ``H`` frames of latents autoregressively.
+
+    context (B, C, L, dz) clean latents; context_prev_actions (B, C); future_prev_actions
+    (B, H) = the action leading to each generated frame. Each frame starts from pure noise
+    (tau = 0) and takes ``steps`` shortcut steps of size d = 1/steps (x-prediction ->
+    velocity -> Euler); past frames are seen at noise level ``ctx_noise``. With the KV cache
+    each past frame is encoded once; without it every step recomputes the whole history.
+    All noise is drawn up front, so both paths see the same numbers.
+    """
+    if steps < 1 or model.cfg.k_max % steps:
+        raise ValueError(f"sampling steps must divide k_max={model.cfg.k_max}, got {steps}")
+    b, c, n_lat, dz = context.shape
+    h = future_prev_actions.shape[1]
+    k_max = model.cfg.k_max
+    d = 1.0 / steps
+    d_min = 1.0 / k_max
+    dev = context.device
+    ctx_noise_draw = torch.randn(b, c + h, n_lat, dz, device=dev, generator=generator)
+    init_noise = torch.randn(b, h, n_lat, dz, device=dev, generator=generator)
+    past, tau_c = _clean_context(context, ctx_noise_draw[:, :c], ctx_noise, k_max)
+    past_actions = context_prev_actions
+    ones = torch.ones(b, 1, device=dev)
+    cache = model.transformer.new_cache() if use_cache else None
+    if cache is not None:
+        model(past, torch.full((b, c), tau_c, device=dev), torch.full((b, c), d_min, device=dev), past_actions,
+              cache=cache)
+    outputs = []
+    for i in range(h):
+        z = init_noise[:, i : i + 1]
+        act = future_prev_actions[:, i : i + 1]
+        for s in range(steps):
+            tau = s * d
+            if cache is not None:
+                pred = model(z, ones * tau, ones * d, act, cache=cache, update_cache=False)
+            else:
+                n_past = past.shape[1]
+                full = torch.cat([past, z], dim=1)
+                taus = torch.cat([torch.full((b, n_past), tau_c, device=dev), ones * tau], dim=1)
+                ds = torch.cat([torch.full((b, n_past), d_min, device=dev), ones * d], dim=1)
+                pred = model(full, taus, ds, torch.cat([past_actions, act], dim=1))[:, -1:]
+            z = z + (pred - z) * (d / (1 - tau))  # Euler step along v = (z^1 - z) / (1 - tau)
+        outputs.append(z)
+        ctx, _ = _clean_context(z, ctx_noise_draw[:, c + i : c + i + 1], ctx_noise, k_max)
+        if cache is not None:
+            model(ctx, ones * tau_c, ones * d_min, act, cache=cache)
+        else:
+            past = torch.cat([past, ctx], dim=1)
+            past_actions = torch.cat([past_actions, act], dim=1)
+    return torch.cat(outputs, dim=1)

@@ -1,0 +1,114 @@
+"""cache_latents: encode the frame shards with the frozen tokenizer into latent shards.
+
+Same layout and keys as the frame shards (``train/``, ``val/``, ``manifest.json`` with
+``kind: latents``); each sample holds ``latents.npy`` (T, n_latents, latent_dim) float16
+plus the actions, rewards, terminals and metadata of its chunk, so the dynamics model
+trains without touching pixels. Chunks of equal length are encoded together, no grad.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wm.atomic import atomic_dir, write_json_atomic
+from wm.config import Config, TokenizerConfig, from_dict
+from wm.data.shards import MANIFEST, SPLITS, _npy, iter_shard, read_manifest, shard_paths, write_split
+from wm.models.tokenizer import Tokenizer
+from wm.provenance import code_version
+from wm.training.checkpoint import CheckpointError
+from wm.training.trainer import CHECKPOINT, load_trained
+
+METRICS_PATH = Path("data/metrics/cache_latents.json")
+
+
+def load_tokenizer(ckpt_dir: str | Path, device: torch.device | None = None) -> tuple[Tokenizer, dict[str, Any]]:
+    """The trained tokenizer, built from the config saved in its checkpoint (so it always fits)."""
+    path = Path(ckpt_dir) / CHECKPOINT
+    from wm.training.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(path).get("config")
+    if not saved or "tokenizer" not in saved:
+        raise CheckpointError(f"{path} has no saved tokenizer config; retrain it with `wm train-tokenizer`")
+    tcfg = from_dict(TokenizerConfig, saved["tokenizer"], "tokenizer")
+    model = Tokenizer(tcfg, saved["env"]["height"], saved["env"]["width"])
+    load_trained(model, path)
+    model.eval().requires_grad_(False)
+    return model.to(device or torch.device("cpu")), saved
+
+
+@torch.no_grad()
+def encode_frames(model: Tokenizer, frames: np.ndarray, device: torch.device) -> np.ndarray:
+    """(N, T, H, W, 3) uint8 -> (N, T, L, dz) float16."""
+    x = torch.from_numpy(frames).to(device).permute(0, 1, 4, 2, 3).float() / 255.0
+    return model.encode(x).float().cpu().numpy().astype(np.float16)
+
+
+def _latent_sample(sample: dict[str, Any], latents: np.ndarray) -> dict[str, Any]:
+    return {
+        "__key__": sample["__key__"],
+        "latents.npy": _npy(latents),
+        "actions.npy": _npy(sample["actions"].astype(np.int64)),
+        "rewards.npy": _npy(sample["rewards"].astype(np.float32)),
+        "terminals.npy": _npy(sample["terminals"].astype(bool)),
+        "meta.json": json.dumps(sample["meta"]).encode(),
+    }
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    c = cfg.latents
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, saved = load_tokenizer(cfg.tokenizer.out_dir, device)
+    frames_manifest = read_manifest(c.in_dir)
+    start = time.perf_counter()
+    n_frames = 0
+    with atomic_dir(c.out_dir) as tmp:
+        manifest: dict[str, Any] = {
+            "kind": "latents", "source": c.in_dir, "env": frames_manifest.get("env"),
+            "policy": frames_manifest.get("policy"), "seed": frames_manifest.get("seed"),
+            "chunk_len": frames_manifest.get("chunk_len"),
+            "latent_shape": [model.cfg.n_latents, model.cfg.latent_dim],
+            "tokenizer": str(Path(cfg.tokenizer.out_dir) / CHECKPOINT), "splits": {},
+            "code_version": code_version(),
+        }
+        for split in SPLITS:
+            entries = frames_manifest["splits"][split]["shards"]
+            if not entries:
+                manifest["splits"][split] = {**frames_manifest["splits"][split], "shards": []}
+                continue
+            out_samples: list[dict[str, Any]] = []
+            pending: list[dict[str, Any]] = []
+
+            def flush() -> None:
+                if pending:
+                    z = encode_frames(model, np.stack([s["frames"] for s in pending]), device)
+                    out_samples.extend(_latent_sample(s, zi) for s, zi in zip(pending, z))
+                    pending.clear()
+
+            total = sum(e["chunks"] for e in entries)
+            with tqdm(total=total, desc=f"encode {split}", unit="chunk", dynamic_ncols=True) as bar:
+                for path in shard_paths(c.in_dir, split):
+                    for sample in iter_shard(path):
+                        if pending and len(sample["frames"]) != len(pending[0]["frames"]):
+                            flush()
+                        pending.append(sample)
+                        n_frames += len(sample["frames"])
+                        if len(pending) >= c.batch_chunks:
+                            flush()
+                        bar.update(1)
+                flush()
+            shards = write_split(tmp, split, out_samples, cfg.shard.chunks_per_shard)
+            info = {k: v for k, v in frames_manifest["splits"][split].items() if k != "shards"}
+            manifest["splits"][split] = {**info, "shards": shards}
+        write_json_atomic(tmp / MANIFEST, manifest)
+    wall = time.perf_counter() - start
+    metrics = {"frames": n_frames, "frames_per_s": n_frames / max(wall, 1e-9), "wall_s": round(wall, 2),
+               "latent_shape": manifest["latent_shape"]}
+    write_json_atomic(METRICS_PATH, metrics)
+    return metrics

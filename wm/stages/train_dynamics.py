@@ -1,0 +1,231 @@
+"""train_dynamics: shortcut forcing on cached latents, then open-loop evaluation in pixels.
+
+Batches alternate lengths as in the paper: most are short clips (``short_len``), every
+``long_every``-th is long (``long_len``, smaller batch), and a ``single_frame_frac`` share
+are single frames (no context: the model must also generate a first frame). The schedule is a
+pure function of (seed, step), so a resumed run sees exactly the same batches.
+
+Evaluation, on held-out episodes: encode C real frames, roll out H frames open loop from
+the real actions with K sampling steps, decode, and compare with the real frames. PSNR
+rewards blur on uncertain futures, so it is read against baselines (repeat the last context
+frame; the training mean frame) and mostly over the first 4 frames, where the actions decide.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from wm.atomic import write_bytes_atomic, write_json_atomic
+from wm.config import Config, to_dict
+from wm.data.shards import make_clip_loader
+from wm.metrics import psnr
+from wm.models.dynamics import Dynamics, rollout, shift_actions
+from wm.models.tokenizer import Tokenizer
+from wm.models.transformer import Block
+from wm.objectives.shortcut import ShortcutLoss
+from wm.stages.cache_latents import load_tokenizer
+from wm.training.trainer import Trainer
+
+METRICS_PATH = Path("data/metrics/dynamics.json")
+LIVE_DIR = Path("data/metrics/dynamics")
+PLOT_PATH = Path("data/metrics/dynamics_psnr_by_step.tsv")
+VIDEO_PATH = Path("data/eval/dynamics_rollout.gif")
+
+
+def build_dynamics(cfg: Config, n_latents: int, latent_dim: int) -> Dynamics:
+    return Dynamics(cfg.dynamics, len(cfg.env.action_map), n_latents, latent_dim)
+
+
+def batch_kind(seed: int, step: int, cfg: Config) -> str:
+    """'single', 'long' or 'short' for this step: deterministic in (seed, step)."""
+    dyn = cfg.dynamics
+    if dyn.long_every > 0 and step % dyn.long_every == dyn.long_every - 1:
+        return "long"
+    r = np.random.default_rng([seed, step, 7]).random()
+    return "single" if r < dyn.single_frame_frac else "short"
+
+
+def batch_schedule(cfg: Config, info: Any, skip: int):
+    """Infinite iterator of latent batches following the alternating-length schedule."""
+    dyn, tr = cfg.dynamics, cfg.dynamics.train
+    common = dict(num_workers=tr.num_workers, seed=tr.seed, infinite=True, rank=info.rank,
+                  world_size=info.world_size, shuffle_buffer=cfg.data.shuffle_buffer)
+    short = iter(make_clip_loader(cfg.latents.out_dir, "train", dyn.short_len, tr.batch_size, **common))
+    long = iter(make_clip_loader(cfg.latents.out_dir, "train", dyn.long_len, dyn.long_batch_size, **common))
+    pick = np.random.default_rng([tr.seed, 99])
+    for step in itertools.count():
+        kind = batch_kind(tr.seed, step, cfg)
+        batch = next(long if kind == "long" else short)
+        if kind == "single":  # one frame of each clip, at a random offset
+            t = int(pick.integers(dyn.short_len))
+            batch = {k: (v[:, t : t + 1] if torch.is_tensor(v) and v.ndim >= 2 else v) for k, v in batch.items()}
+        if step >= skip:
+            yield batch
+
+
+def eval_clips(cfg: Config) -> dict[str, torch.Tensor]:
+    dyn = cfg.dynamics
+    loader = make_clip_loader(cfg.shard.out_dir, "val", dyn.context + dyn.horizon, dyn.eval_clips, shuffle=False,
+                              infinite=True)
+    return next(iter(loader))
+
+
+def mean_train_frame(cfg: Config, batches: int = 8) -> torch.Tensor:
+    loader = make_clip_loader(cfg.shard.out_dir, "train", 1, 64, shuffle=True, infinite=True, seed=1)
+    frames = [b["frames"].float() / 255 for b in itertools.islice(iter(loader), batches)]
+    return torch.cat(frames).flatten(0, 1).mean(0)  # (3, H, W)
+
+
+def _psnr_by_step(pred: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """(B, H, 3, h, w) -> mean PSNR per rollout step (H,)."""
+    b, h = real.shape[:2]
+    return psnr(pred.flatten(0, 1), real.flatten(0, 1)).view(b, h).mean(0)
+
+
+@torch.no_grad()
+def evaluate_dynamics(model: Dynamics, tok: Tokenizer, clips: dict[str, torch.Tensor], cfg: Config,
+                      mean_frame: torch.Tensor | None = None, full: bool = True) -> dict[str, Any]:
+    dyn = cfg.dynamics
+    c, h = dyn.context, dyn.horizon
+    device = next(model.parameters()).device
+    frames = clips["frames"].to(device).float() / 255.0  # (B, C+H, 3, H, W)
+    z = tok.encode(frames)
+    prev = shift_actions(clips["actions"].to(device))
+    real = frames[:, c:]
+    gen = torch.Generator(device=device).manual_seed(0)
+    out: dict[str, Any] = {}
+    by_step: dict[str, list[float]] = {}
+
+    def run_k(k: int, future_prev: torch.Tensor, tag: str) -> None:
+        gen.manual_seed(0)  # identical noise for every variant
+        zs = rollout(model, z[:, :c], prev[:, :c], future_prev, k, dyn.ctx_noise, generator=gen)
+        pix = tok.decode(torch.cat([z[:, :c], zs], dim=1))[:, c:].clamp(0, 1)
+        steps = _psnr_by_step(pix, real)
+        out[f"psnr_h4/{tag}"] = steps[:4].mean().item()
+        out[f"psnr_h{h}/{tag}"] = steps.mean().item()
+        by_step[tag] = steps.tolist()
+        out.setdefault("_pix", {})[tag] = pix
+
+    ks = (1, 4, dyn.k_max) if full else (dyn.sample_steps,)
+    for k in ks:
+        run_k(k, prev[:, c:], f"k{k}")
+    if full:
+        run_k(dyn.sample_steps, prev[:, c:].roll(1, dims=0), f"k{dyn.sample_steps}_shuffled_actions")
+        last = frames[:, c - 1 : c].expand_as(real)
+        steps = _psnr_by_step(last, real)
+        out["psnr_h4/repeat_last"], out[f"psnr_h{h}/repeat_last"] = steps[:4].mean().item(), steps.mean().item()
+        by_step["repeat_last"] = steps.tolist()
+        if mean_frame is not None:
+            mf = mean_frame.to(device).expand_as(real)
+            steps = _psnr_by_step(mf, real)
+            out[f"psnr_h{h}/mean_frame"] = steps.mean().item()
+            by_step["mean_frame"] = steps.tolist()
+    out["_by_step"] = by_step
+    out["_real"] = real
+    return out
+
+
+def measure_fps(model: Dynamics, z_ctx: torch.Tensor, prev: torch.Tensor, cfg: Config, use_cache: bool,
+                frames: int) -> float:
+    """Generated frames per second for one stream (batch 1) at the preset's context length."""
+    dyn = cfg.dynamics
+    c = dyn.context
+    rollout(model, z_ctx[:1, :c], prev[:1, :c], prev[:1, c : c + 2], dyn.sample_steps, dyn.ctx_noise,
+            use_cache=use_cache)  # warm-up
+    start = time.perf_counter()
+    rollout(model, z_ctx[:1, :c], prev[:1, :c], prev[:1, c : c + frames], dyn.sample_steps, dyn.ctx_noise,
+            use_cache=use_cache)
+    return frames / (time.perf_counter() - start)
+
+
+def save_rollout_gif(real: torch.Tensor, imagined: torch.Tensor, path: Path, n: int = 4, scale: int = 2) -> None:
+    """Side by side, real | imagined, for ``n`` held-out clips (one row each)."""
+    real, imagined = real[:n].cpu(), imagined[:n].cpu()
+    sep = torch.ones(*real.shape[:3], real.shape[3], 2)
+    rows = torch.cat([real, sep, imagined], dim=-1)  # (n, H, 3, h, 2w+2)
+    frames = torch.cat(list(rows), dim=-2)  # (H, 3, n*h, 2w+2)
+    images = []
+    for f in frames:
+        arr = (f.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+        img = Image.fromarray(arr)
+        images.append(img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.gif")
+    images[0].save(tmp, save_all=True, append_images=images[1:], duration=150, loop=0)
+    tmp.replace(path)
+
+
+def _write_plot(by_step: dict[str, list[float]], path: Path) -> None:
+    keys = list(by_step)
+    lines = ["step\t" + "\t".join(keys)]
+    for i in range(len(by_step[keys[0]])):
+        lines.append(f"{i + 1}\t" + "\t".join(f"{by_step[k][i]:.4f}" for k in keys))
+    write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
+
+
+def _compatible(current: dict[str, Any]):
+    def check(saved: dict[str, Any]) -> bool:
+        a = {k: v for k, v in saved.get("dynamics", {}).items() if k != "train"}
+        b = {k: v for k, v in current["dynamics"].items() if k != "train"}
+        return a == b
+
+    return check
+
+
+def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
+    dyn = cfg.dynamics
+    start = time.perf_counter()
+    tok, _ = load_tokenizer(cfg.tokenizer.out_dir)
+    n_latents, latent_dim = tok.cfg.n_latents, tok.cfg.latent_dim
+    clips = eval_clips(cfg)
+    quick = {k: (v[:8] if torch.is_tensor(v) else v) for k, v in clips.items()}
+
+    def evaluate(model: torch.nn.Module, step: int) -> dict[str, float]:
+        out = evaluate_dynamics(model, tok.to(next(model.parameters()).device), quick, cfg, full=False)
+        return {f"dynamics/val/{k}": v for k, v in out.items() if not k.startswith("_")}
+
+    run_config = to_dict(cfg)
+    trainer = Trainer(
+        name="dynamics", cfg=dyn.train, model_factory=lambda: build_dynamics(cfg, n_latents, latent_dim),
+        loss_fn=ShortcutLoss(dyn.k_max), data_factory=lambda info, skip: batch_schedule(cfg, info, skip),
+        out_dir=dyn.out_dir, run_config=run_config, live_dir=LIVE_DIR, evaluate=evaluate,
+        shard_types=(Block,), compatible=_compatible(run_config),
+    )
+    result = trainer.fit(resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return {}
+    model = trainer.model
+    assert model is not None
+    model.eval()
+    tok = tok.to(next(model.parameters()).device)
+    out = evaluate_dynamics(model, tok, clips, cfg, mean_train_frame(cfg))
+    _write_plot(out.pop("_by_step"), PLOT_PATH)
+    pix, real = out.pop("_pix"), out.pop("_real")
+    save_rollout_gif(real, pix[f"k{dyn.sample_steps}"], VIDEO_PATH)
+    device = next(model.parameters()).device
+    frames = clips["frames"].to(device).float() / 255.0
+    z_all = tok.encode(frames[:1])
+    prev = shift_actions(clips["actions"][:1].to(device))
+    n_fps = min(dyn.horizon, 8)
+    metrics = {
+        **out,
+        f"fps/k{dyn.sample_steps}_kv": measure_fps(model, z_all, prev, cfg, True, n_fps),
+        f"fps/k{dyn.sample_steps}_nokv": measure_fps(model, z_all, prev, cfg, False, n_fps),
+        "train_steps_per_s": result["train_steps_per_s"],
+        "params": result["params"],
+        "steps": result["steps"],
+        "context": dyn.context,
+        "horizon": dyn.horizon,
+        "eval_clips": int(clips["frames"].shape[0]),
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+    write_json_atomic(METRICS_PATH, metrics)
+    return metrics
