@@ -60,6 +60,8 @@ def test_hydra_override_errors_are_config_errors():
         config_mod.compose("debgu")
     raw = config_mod.compose("debug", ["collect.frames=123"])
     assert raw["collect"]["frames"] == 123
+    raw = config_mod.apply_overrides(raw, ["tokenizer.train.lr=3e-3", "env.state=Level1"])
+    assert raw["tokenizer"]["train"]["lr"] == 0.003 and raw["env"]["state"] == "Level1"
 
 
 def test_cli_bad_override_is_a_clear_error(tmp_path):
@@ -68,3 +70,19 @@ def test_cli_bad_override_is_a_clear_error(tmp_path):
     assert proc.returncode == 2
     assert "Did you mean 'workers'" in proc.stderr
     assert not (tmp_path / "data").exists()  # nothing written
+
+
+def test_paper_preset_has_the_papers_model_sizes():
+    """400M tokenizer, 1.6B dynamics (Hafner et al. 2025), counted without allocating."""
+    import torch
+
+    from wm.models.dynamics import Dynamics
+    from wm.models.tokenizer import Tokenizer
+
+    cfg = config_mod.from_dict(config_mod.Config, config_mod.compose("paper"))
+    with torch.device("meta"):
+        tok = Tokenizer(cfg.tokenizer, cfg.env.height, cfg.env.width)
+        dyn = Dynamics(cfg.dynamics, len(cfg.env.action_map), cfg.tokenizer.n_latents, cfg.tokenizer.latent_dim)
+    assert 360e6 < sum(p.numel() for p in tok.parameters()) < 440e6
+    assert 1.45e9 < sum(p.numel() for p in dyn.parameters()) < 1.75e9
+    assert cfg.dynamics.context == 192 and cfg.tokenizer.n_latents == 256

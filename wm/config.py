@@ -270,6 +270,12 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(text) if text else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"bad override '{item}': cannot parse value ({err})") from err
+    if isinstance(value, str):
+        # YAML 1.1 reads "3e-3" as a string; people mean the number.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     return key.split("."), value
 
 
