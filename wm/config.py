@@ -50,6 +50,8 @@ class CollectConfig:
     sticky_mean_steps: float
     raw_bench_seconds: float
     out_dir: str
+    backend: str             # processes | dask (Prefect tasks on a Dask cluster)
+    dask_address: str        # "" = a local cluster; else an existing scheduler's address
 
 
 @dataclass(frozen=True)

@@ -199,10 +199,17 @@ def run(cfg: Config) -> dict[str, Any]:
     # Measured first, alone, so it has a core to itself: the yardstick for env_steps_per_s.
     raw = measure_raw_steps_per_s(cfg.env.game, cfg.env.state, c.raw_bench_seconds, c.seed)
 
+    if c.backend not in ("processes", "dask"):
+        raise ValueError(f"collect.backend must be 'processes' or 'dask', got '{c.backend}'")
     out = Path(c.out_dir)
     with atomic_dir(out) as tmp:
         start = time.perf_counter()
-        outputs = _run_workers(cfg, tmp)
+        if c.backend == "dask":
+            from flows.collect import run_workers_dask
+
+            outputs = run_workers_dask(cfg, str(tmp.resolve()))
+        else:
+            outputs = _run_workers(cfg, tmp)
         wall = time.perf_counter() - start
         episodes = sorted((e for o in outputs for e in o["episodes"]), key=lambda e: e["episode"])
         emu_frames = sum(o["emu_frames"] for o in outputs)
@@ -228,6 +235,7 @@ def run(cfg: Config) -> dict[str, Any]:
         "speedup_vs_raw": emu_frames / wall / raw,
         "workers": c.workers,
         "policy": c.policy,
+        "backend": c.backend,
     }
     write_json_atomic(METRICS_PATH, metrics)
     return metrics
