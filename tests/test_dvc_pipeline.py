@@ -54,6 +54,24 @@ def test_debug_dvc_pipeline_end_to_end(tmp_path):
     assert json.loads((repo / "data/shards/manifest.json").read_text())["chunk_len"] == 16
     # push/pull through the local remote configured in .dvc/config
     run(["dvc", "push"], repo)
+    # a version = a commit of dvc.lock; `wm inspect` lists, shows, diffs and fetches versions
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "debug data v1"], repo)
+    wm = ["wm", "inspect"]
+    out = run([*wm, "versions"], repo).stdout
+    assert "debug data v1" in out
+    out = run([*wm, "dataset", "--gif", "sample.gif"], repo).stdout
+    assert "train" in out and "action histogram" in out and (repo / "sample.gif").stat().st_size > 0
+    out = run([*wm, "dataset", "--rev", "HEAD"], repo).stdout
+    assert "val" in out
+    out = run([*wm, "checkpoint", "tokenizer"], repo).stdout
+    assert "parameters" in out and "step" in out
+    out = run([*wm, "checkpoint", "dynamics", "--rev", "HEAD"], repo).stdout
+    assert "parameters" in out
+    out = run([*wm, "diff", "HEAD~1", "HEAD"], repo).stdout
+    assert "collect/frames" in out  # new since the copy commit, which had no metrics
+    run([*wm, "fetch", "data/shards/manifest.json", "--rev", "HEAD", "--out", str(tmp_path / "m.json")], repo)
+    assert json.loads((tmp_path / "m.json").read_text())["kind"] == "frames"
     import shutil
 
     shutil.rmtree(repo / "data/shards")

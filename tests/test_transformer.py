@@ -31,7 +31,7 @@ def test_block_causal_future_does_not_leak(softcap):
     assert not torch.allclose(net(x3)[:, 0, 1:], y[:, 0, 1:])
 
 
-@pytest.mark.parametrize("window", [0, 3])
+@pytest.mark.parametrize("window", [0, 3, 4, 6])
 def test_kv_cache_matches_full_recompute(window):
     net = model(time_window=window)
     x = torch.randn(2, 7, 5, 32)

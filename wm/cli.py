@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="params.yaml")
     p.set_defaults(func=_compose)
 
+    from wm.inspect import add_parser as add_inspect
+
+    add_inspect(sub)
+
     p = sub.add_parser("import-videos", help="import mp4/avi files as action-free shards")
     p.add_argument("dir", help="directory with .mp4/.avi files")
     add_common(p)
@@ -129,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"wm {args.command}: interrupted; outputs were left as they were before this run", file=sys.stderr)
         return 130
-    if metrics:
+    if metrics and args.command != "inspect":
         print(json.dumps(metrics, indent=2, sort_keys=True, default=str))
     return 1 if metrics and metrics.get("failed") else 0
 

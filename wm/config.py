@@ -115,6 +115,7 @@ class TokenizerConfig:
     n_latents: int
     latent_dim: int
     mask_max: float          # MAE: per-sample mask ratio ~ U(0, mask_max)
+    mask_prob: float         # share of frames that are masked at all (paper: 1.0)
     lpips_weight: float
     lpips_frames: int        # frames per batch that go through LPIPS (it dominates CPU cost)
     rms_decay: float         # running RMS used to normalise each loss term

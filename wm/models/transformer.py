@@ -153,8 +153,8 @@ class KVCache:
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         if self.window > 0:  # the next frame attends to W - 1 past frames plus itself
-            keep = self.window - 1
-            k, v = k[:, :, k.shape[2] - keep :], v[:, :, v.shape[2] - keep :]
+            drop = max(0, k.shape[2] - (self.window - 1))
+            k, v = k[:, :, drop:], v[:, :, drop:]
         self.keys[layer], self.values[layer] = k, v
 
 
