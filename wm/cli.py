@@ -42,6 +42,12 @@ def _compose(args: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
+def _bench(args: argparse.Namespace) -> dict[str, Any]:
+    from wm.bench import run
+
+    return run(_load_cfg(args), seconds=args.seconds)
+
+
 def _import_videos(args: argparse.Namespace) -> dict[str, Any]:
     from wm.data.video import import_videos
 
@@ -80,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
     p.add_argument("--out", default="params.yaml")
     p.set_defaults(func=_compose)
+
+    p = sub.add_parser("bench", help="throughput figures -> data/metrics/bench.json")
+    add_common(p)
+    p.add_argument("--seconds", type=float, default=8.0, help="measuring time per figure")
+    p.set_defaults(func=_bench)
 
     from wm.inspect import add_parser as add_inspect
 

@@ -11,7 +11,7 @@ Design (Dreamer 4, Hafner et al. 2025, and the habits it builds on):
   blocks, over absolute frame index in time blocks), **QK-norm** (RMSNorm per head on q and k),
   optional attention-logit **soft-capping** ``c * tanh(logits / c)``, **GQA** (``kv_heads``
   key/value heads shared by groups of query heads).
-- **Register tokens**: ``registers`` learned tokens appended to every frame, dropped on output.
+- **Register tokens**: ``registers`` learned tokens placed first in every frame, dropped on output.
 - **Hidden tokens** (``hidden``, a (S,) bool): tokens no other token may attend to, while
   they attend to everything (the agent tokens: they read the world model, never change it).
 - **KV cache** for frame-by-frame decoding: time blocks keep their past keys/values; space
@@ -234,13 +234,16 @@ class Transformer(nn.Module):
         ones; ``update_cache=False`` attends to the cache without appending (e.g. the
         intermediate denoising steps of one frame)."""
         b, t, s, d = x.shape
+        r = self.cfg.registers
         if self.registers is not None:
-            x = torch.cat([x, self.registers.to(x.dtype).expand(b, t, -1, -1)], dim=2)
+            # Registers go first, so tokens appended at the end (agent tokens) shift no one's
+            # RoPE position: the other tokens' outputs stay exactly the same.
+            x = torch.cat([self.registers.to(x.dtype).expand(b, t, -1, -1), x], dim=2)
             if hidden is not None:
-                hidden = torch.cat([hidden, hidden.new_zeros(self.cfg.registers)])
+                hidden = torch.cat([hidden.new_zeros(r), hidden])
         mask = self.space_mask(hidden) if hidden is not None and bool(hidden.any()) else None
         for i, block in enumerate(self.blocks):
             x = block(x, mask, cache, update_cache, i)
         if cache is not None and update_cache:
             cache.pos += t
-        return self.norm(x[:, :, :s])
+        return self.norm(x[:, :, r:])

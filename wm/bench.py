@@ -1,0 +1,201 @@
+"""`wm bench`: the numbers that decide where speed work matters, in data/metrics/bench.json.
+
+- tokenizer / dynamics training steps/s and tokens/s at the preset's sizes (synthetic
+  batches of the real shapes, after warm-up);
+- dynamics generation frames/s with K = 1, 4, Kmax sampling steps, with and without the KV
+  cache, one stream at the preset's context length;
+- collection env steps/s with 1 worker and with all workers, against one raw emulator;
+- data-loader clips/s against what the tokenizer trainer consumes (the loader must not
+  starve the trainer), when shards exist;
+- peak memory (host RSS; CUDA peak when on a GPU), and on a GPU the bf16 throughput and
+  model FLOPs utilisation (6 * params * tokens / time / peak).
+"""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wm.atomic import write_json_atomic
+from wm.config import Config
+
+BENCH_PATH = Path("data/metrics/bench.json")
+
+
+def _timed_steps(step, seconds: float, warmup: int = 2, min_steps: int = 3) -> float:
+    for _ in range(warmup):
+        step()
+    n, start = 0, time.perf_counter()
+    while n < min_steps or time.perf_counter() - start < seconds:
+        step()
+        n += 1
+    return n / (time.perf_counter() - start)
+
+
+def bench_tokenizer(cfg: Config, seconds: float, device: torch.device) -> dict[str, float]:
+    from wm.models.tokenizer import Tokenizer
+    from wm.objectives.mae import TokenizerLoss
+    from wm.training.optim import make_optimizer
+    from wm.training.trainer import autocast_context
+
+    t = cfg.tokenizer
+    model = Tokenizer(t, cfg.env.height, cfg.env.width).to(device)
+    loss_fn = TokenizerLoss(t, None).to(device)
+    opt = make_optimizer(model, t.train)
+    frames = torch.randint(0, 256, (t.train.batch_size, t.train.clip_len, 3, cfg.env.height, cfg.env.width),
+                           dtype=torch.uint8, device=device)
+    ctx = autocast_context(t.train.precision, device)
+
+    def step() -> None:
+        with ctx:
+            loss, _ = loss_fn(model, {"frames": frames})
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    rate = _timed_steps(step, seconds)
+    tokens = t.train.batch_size * t.train.clip_len * (model.n_patches + t.n_latents) * 2  # encoder + decoder
+    params = sum(p.numel() for p in model.parameters())
+    return {"tokenizer/train_steps_per_s": rate, "tokenizer/tokens_per_s": rate * tokens,
+            "tokenizer/frames_per_s": rate * t.train.batch_size * t.train.clip_len, "tokenizer/params": params,
+            "tokenizer/flops_per_s": 6 * params * rate * tokens / 2}
+
+
+def bench_dynamics(cfg: Config, seconds: float, device: torch.device) -> tuple[dict[str, float], Any]:
+    from wm.models.dynamics import Dynamics
+    from wm.objectives.shortcut import ShortcutLoss
+    from wm.training.optim import make_optimizer
+    from wm.training.trainer import autocast_context
+
+    d, t = cfg.dynamics, cfg.tokenizer
+    model = Dynamics(d, len(cfg.env.action_map), t.n_latents, t.latent_dim).to(device)
+    loss_fn = ShortcutLoss(d.k_max)
+    opt = make_optimizer(model, d.train)
+    batch = {"latents": torch.tanh(torch.randn(d.train.batch_size, d.short_len, t.n_latents, t.latent_dim,
+                                               device=device)),
+             "actions": torch.randint(0, len(cfg.env.action_map), (d.train.batch_size, d.short_len), device=device)}
+    ctx = autocast_context(d.train.precision, device)
+
+    def step() -> None:
+        with ctx:
+            loss, _ = loss_fn(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    rate = _timed_steps(step, seconds)
+    tokens = d.train.batch_size * d.short_len * (model.tokens_per_step + d.model.registers)
+    params = sum(p.numel() for p in model.parameters())
+    return {"dynamics/train_steps_per_s": rate, "dynamics/tokens_per_s": rate * tokens, "dynamics/params": params,
+            "dynamics/flops_per_s": 6 * params * rate * tokens}, model
+
+
+def bench_generation(cfg: Config, model: Any, device: torch.device, budget_s: float) -> dict[str, float]:
+    from wm.models.dynamics import rollout
+
+    d, t = cfg.dynamics, cfg.tokenizer
+    model.eval()
+    ctx = torch.tanh(torch.randn(1, d.context, t.n_latents, t.latent_dim, device=device))
+    prev = torch.randint(0, len(cfg.env.action_map), (1, d.context + d.horizon), device=device)
+    out = {}
+    for k in (1, 4, d.k_max):
+        for kv in (True, False):
+            rollout(model, ctx, prev[:, : d.context], prev[:, d.context : d.context + 1], k, d.ctx_noise,
+                    use_cache=kv)  # warm-up
+            n = 1
+            while True:  # grow the number of frames until one measurement takes long enough
+                start = time.perf_counter()
+                rollout(model, ctx, prev[:, : d.context], prev[:, d.context : d.context + n], k, d.ctx_noise,
+                        use_cache=kv)
+                elapsed = time.perf_counter() - start
+                if elapsed > budget_s / 12 or n >= d.horizon:
+                    break
+                n = min(d.horizon, n * 2)
+            out[f"fps/k{k}_{'kv' if kv else 'nokv'}"] = n / elapsed
+    out["fps/kv_speedup_k4"] = out["fps/k4_kv"] / out["fps/k4_nokv"]
+    return out
+
+
+def bench_collection(cfg: Config, seconds: float) -> dict[str, float]:
+    import dataclasses
+
+    from wm.envs.retro import measure_raw_steps_per_s
+    from wm.stages.collect import _run_workers
+
+    raw = measure_raw_steps_per_s(cfg.env.game, cfg.env.state, seconds, 0)
+    out = {"collect/raw_env_steps_per_s": raw}
+    for workers in sorted({1, cfg.collect.workers}):
+        frames = int(raw * seconds * workers / cfg.env.frameskip)
+        c = dataclasses.replace(cfg.collect, workers=workers, frames=max(frames, 200))
+        tmp = Path(tempfile.mkdtemp(prefix="wm-bench-"))
+        try:
+            start = time.perf_counter()
+            outputs = _run_workers(dataclasses.replace(cfg, collect=c), tmp)
+            wall = time.perf_counter() - start
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        rate = sum(o["emu_frames"] for o in outputs) / wall
+        out[f"collect/env_steps_per_s_{workers}w"] = rate
+        out[f"collect/speedup_{workers}w"] = rate / raw
+    return out
+
+
+def bench_loader(cfg: Config, seconds: float, consume_steps_per_s: float) -> dict[str, float]:
+    from wm.data.shards import make_clip_loader
+
+    t = cfg.tokenizer.train
+    loader = make_clip_loader(cfg.shard.out_dir, "train", t.clip_len, t.batch_size, num_workers=t.num_workers,
+                              infinite=True, shuffle_buffer=cfg.data.shuffle_buffer)
+    it = iter(loader)
+    rate = _timed_steps(lambda: next(it), seconds, warmup=3)
+    return {"loader/batches_per_s": rate, "loader/clips_per_s": rate * t.batch_size,
+            "loader/trainer_batches_per_s": consume_steps_per_s,
+            "loader/headroom": rate / max(consume_steps_per_s, 1e-9)}
+
+
+def run(cfg: Config, seconds: float = 8.0) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.table import Table
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    start = time.perf_counter()
+    results: dict[str, Any] = {"preset": cfg.preset_name, "device": str(device), "threads": torch.get_num_threads()}
+    results.update(bench_tokenizer(cfg, seconds, device))
+    dyn, model = bench_dynamics(cfg, seconds, device)
+    results.update(dyn)
+    results.update(bench_generation(cfg, model, device, budget_s=6 * seconds))
+    results.update(bench_collection(cfg, seconds / 2))
+    if (Path(cfg.shard.out_dir) / "manifest.json").exists():
+        results.update(bench_loader(cfg, seconds / 2, results["tokenizer/train_steps_per_s"]))
+    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        results["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        peak = _gpu_peak_flops()
+        if peak:
+            results["tokenizer/mfu"] = results["tokenizer/flops_per_s"] / peak
+            results["dynamics/mfu"] = results["dynamics/flops_per_s"] / peak
+    results["wall_s"] = round(time.perf_counter() - start, 1)
+    write_json_atomic(BENCH_PATH, results)
+    table = Table(title=f"wm bench ({cfg.preset_name}, {device})")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for k, v in results.items():
+        table.add_row(k, f"{v:,.2f}" if isinstance(v, float) else str(v))
+    Console(stderr=True).print(table)
+    return results
+
+
+def _gpu_peak_flops() -> float | None:
+    """Dense bf16 peak of known GPUs (vendor datasheets), for MFU."""
+    name = torch.cuda.get_device_name()
+    for key, flops in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12), ("4090", 165e12)):
+        if key in name:
+            return flops
+    return None
+

@@ -1,0 +1,69 @@
+"""Agent tokens and heads on top of the dynamics transformer (Dreamer 4 §agent).
+
+One agent token per time step, ``agent_token + task_embed[task]`` (task = game and state, so
+one model can serve several), appended to the frame's tokens as a *hidden* token: it attends
+to every token of its frame (and, in time blocks, to its own past), while no other token
+attends to it, so adding agent tokens leaves the dynamics' predictions exactly unchanged.
+Heads read the agent token's output:
+- policy: logits over the action map for the next ``mtp`` actions (multi-token prediction);
+- reward: symlog two-hot logits for the next ``mtp`` rewards;
+- value: symlog two-hot logits of the return (trained in imagination).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from wm.models.dynamics import Dynamics
+from wm.models.transformer import KVCache
+
+
+def _mlp(dim: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, out))
+
+
+class Agent(nn.Module):
+    def __init__(self, dynamics: Dynamics, n_tasks: int, mtp: int, bins: int):
+        super().__init__()
+        dim = dynamics.cfg.model.dim
+        self.dynamics = dynamics
+        self.mtp = mtp
+        self.n_actions = dynamics.n_actions
+        self.bins = bins
+        self.agent_token = nn.Parameter(torch.randn(dim) * 0.02)
+        self.task_embed = nn.Embedding(n_tasks, dim)
+        self.policy_head = _mlp(dim, mtp * self.n_actions)
+        self.reward_head = _mlp(dim, mtp * bins)
+        self.value_head = _mlp(dim, bins)
+
+    def forward(
+        self,
+        z_noisy: torch.Tensor,
+        tau: torch.Tensor,
+        d: torch.Tensor,
+        prev_actions: torch.Tensor,
+        task: torch.Tensor,
+        cache: KVCache | None = None,
+        update_cache: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (x-prediction (B, T, L, dz), agent features (B, T, D))."""
+        dyn = self.dynamics
+        b, t = tau.shape
+        agent = (self.agent_token + self.task_embed(task))[:, None, None, :].expand(b, t, 1, -1)
+        tokens = dyn.tokens(z_noisy, tau, d, prev_actions, extra=agent)
+        hidden = torch.zeros(tokens.shape[2], dtype=torch.bool, device=tokens.device)
+        hidden[-1] = True
+        h = dyn.transformer(tokens, hidden=hidden, cache=cache, update_cache=update_cache)
+        pred = dyn.latent_out(h[:, :, dyn.n_prefix : dyn.n_prefix + dyn.n_latents])
+        return pred, h[:, :, -1]
+
+    def policy_logits(self, feat: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, mtp, n_actions); offset 0 is the action to take now."""
+        return self.policy_head(feat).unflatten(-1, (self.mtp, self.n_actions))
+
+    def reward_logits(self, feat: torch.Tensor) -> torch.Tensor:
+        return self.reward_head(feat).unflatten(-1, (self.mtp, self.bins))
+
+    def value_logits(self, feat: torch.Tensor) -> torch.Tensor:
+        return self.value_head(feat)
