@@ -2,7 +2,7 @@ import torch
 
 from wm.models.agent import Agent
 from wm.models.dynamics import Dynamics
-from wm.objectives.mtp import mtp_targets
+from wm.objectives.mtp import mtp_targets, reward_targets
 
 
 def test_mtp_targets_shift_and_mask():
@@ -10,6 +10,10 @@ def test_mtp_targets_shift_and_mask():
     tgt, valid = mtp_targets(x, 3, fill=-1)
     assert tgt[0].tolist() == [[1, 2, 3], [2, 3, 4], [3, 4, -1], [4, -1, -1]]
     assert valid[0].tolist() == [[True] * 3, [True] * 3, [True, True, False], [True, False, False]]
+    r = torch.tensor([[10.0, 20.0, 30.0]])
+    tgt, valid = reward_targets(r, 2)
+    assert tgt[0].tolist() == [[0.0, 10.0], [10.0, 20.0], [20.0, 30.0]]
+    assert valid[0].tolist() == [[False, True], [True, True], [True, False]]
 
 
 def test_agent_tokens_do_not_change_dynamics_predictions(debug_cfg):
@@ -32,3 +36,47 @@ def test_agent_tokens_do_not_change_dynamics_predictions(debug_cfg):
     # and the task embedding conditions it
     _, feat3 = agent(z, tau, d, a, torch.tensor([1, 0]))
     assert not torch.allclose(feat, feat3)
+
+
+def check_vector_env_api(env, n_envs: int, n_actions: int, height: int, width: int) -> None:
+    """The contract both the real and the imagined env honour (what collection/eval/RL rely on)."""
+    import numpy as np
+
+    obs, info = env.reset(seed=3)
+    assert obs.shape == (n_envs, height, width, 3) and obs.dtype == np.uint8
+    for _ in range(3):
+        obs, reward, terminated, truncated, info = env.step(np.arange(n_envs) % n_actions)
+        assert obs.shape == (n_envs, height, width, 3) and obs.dtype == np.uint8
+        assert np.asarray(reward).shape == (n_envs,) and np.isfinite(np.asarray(reward, dtype=float)).all()
+        assert np.asarray(terminated).shape == (n_envs,) and np.asarray(truncated).shape == (n_envs,)
+        assert isinstance(info, dict)
+
+
+def test_real_and_imagined_envs_pass_the_same_api_test(debug_cfg):
+    from wm.envs.imagined import ImaginedEnv
+    from wm.envs.vector import make_vector_env
+    from wm.models.tokenizer import Tokenizer
+
+    n_actions = len(debug_cfg.env.action_map)
+    real = make_vector_env(debug_cfg.env, 2)
+    try:
+        check_vector_env_api(real, 2, n_actions, debug_cfg.env.height, debug_cfg.env.width)
+    finally:
+        real.close()
+    torch.manual_seed(0)
+    tok = Tokenizer(debug_cfg.tokenizer, debug_cfg.env.height, debug_cfg.env.width).eval()
+    dyn = Dynamics(debug_cfg.dynamics, n_actions, tok.cfg.n_latents, tok.cfg.latent_dim)
+    agent = Agent(dyn, n_tasks=1, mtp=4, bins=41).eval()
+
+    def contexts(seed):
+        g = torch.Generator().manual_seed(seed)
+        return {"latents": torch.tanh(torch.randn(2, 3, tok.cfg.n_latents, tok.cfg.latent_dim, generator=g)),
+                "actions": torch.randint(0, n_actions, (2, 3), generator=g)}
+
+    imagined = ImaginedEnv(agent, contexts, 2, steps=2, max_steps=3, tokenizer=tok, bins=41)
+    check_vector_env_api(imagined, 2, n_actions, debug_cfg.env.height, debug_cfg.env.width)
+    # the same seed gives the same imagined episode
+    a, _ = imagined.reset(seed=5)
+    o1 = imagined.step([1, 2])[0]
+    imagined.reset(seed=5)
+    assert (imagined.step([1, 2])[0] == o1).all()

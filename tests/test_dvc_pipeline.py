@@ -41,6 +41,14 @@ def test_debug_dvc_pipeline_end_to_end(tmp_path):
         assert key in dyn, key
     assert (repo / "data/eval/dynamics_rollout.gif").exists()
     assert (repo / "data/latents/manifest.json").exists()
+    agent = json.loads((repo / "data/metrics/agent.json").read_text())
+    assert "val/action_acc/o0" in agent and "val/reward_mae" in agent
+    rl = json.loads((repo / "data/metrics/imagine_rl.json").read_text())
+    assert "imagined_return/last" in rl
+    ev = json.loads((repo / "data/metrics/evaluate.json").read_text())
+    for key in ("return/random", "return/bc", "return/pmpo", "ci95/random", "ci95/bc", "ci95/pmpo", "episodes"):
+        assert key in ev, key
+    assert (repo / "data/eval/returns.png").exists() and (repo / "data/eval/pmpo_episode.gif").exists()
     print(f"debug dvc exp run (all stages): {elapsed:.1f}s")
     # nothing changed: a second repro skips both stages
     out = run(["dvc", "repro"], repo).stdout

@@ -62,6 +62,9 @@ STAGES = {
     "train-tokenizer": ("train_tokenizer", True),
     "cache-latents": ("cache_latents", False),
     "train-dynamics": ("train_dynamics", True),
+    "finetune-agent": ("finetune_agent", True),
+    "imagine-rl": ("imagine_rl", True),
+    "evaluate": ("evaluate", False),
 }
 
 

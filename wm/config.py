@@ -152,6 +152,44 @@ class DynamicsConfig:
 
 
 @dataclass(frozen=True)
+class AgentConfig:
+    mtp: int                 # multi-token prediction length L (paper: 8)
+    bins: int                # symlog two-hot bins of the reward/value heads
+    bc_weight: float
+    reward_weight: float
+    dynamics_weight: float   # the dynamics loss continues during finetuning
+    eval_batches: int
+    train: TrainConfig
+    out_dir: str
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    iterations: int
+    num_envs: int            # imagined episodes per iteration
+    horizon: int             # imagined steps per episode
+    context: int             # real context frames each imagined episode starts from
+    lr: float
+    gamma: float             # paper: 0.997
+    lam: float               # paper: 0.95
+    alpha: float             # PMPO weight of the positive set (paper: 0.5)
+    beta: float              # reverse KL to the behaviour-cloned prior (paper: 0.3)
+    grad_clip: float
+    log_every: int
+    seed: int
+    wandb: str
+    out_dir: str
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    episodes: int            # real-game episodes per policy, same seeds for all
+    seed: int
+    workers: int
+    video_frames: int
+
+
+@dataclass(frozen=True)
 class Config:
     preset_name: str
     env: EnvConfig
@@ -161,6 +199,9 @@ class Config:
     tokenizer: TokenizerConfig
     latents: LatentsConfig
     dynamics: DynamicsConfig
+    agent: AgentConfig
+    rl: RLConfig
+    eval: EvalConfig
 
 
 T = TypeVar("T")

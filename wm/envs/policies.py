@@ -62,12 +62,22 @@ class StickyRandomPolicy:
         return self._action
 
 
-POLICIES = ("random", "sticky_random")
+POLICIES = ("random", "sticky_random", "agent:<checkpoint dir>")
 
 
-def make_policy(name: str, n_actions: int, sticky_mean_steps: float = 4.0) -> Policy:
+def make_policy(name: str, n_actions: int, sticky_mean_steps: float = 4.0,
+                tokenizer_dir: str = "data/checkpoints/tokenizer") -> Policy:
     if name == "random":
         return RandomPolicy(n_actions)
     if name == "sticky_random":
         return StickyRandomPolicy(n_actions, sticky_mean_steps)
-    raise ValueError(f"unknown collect.policy '{name}'; available: {', '.join(POLICIES)}")
+    if name.startswith("agent:"):
+        from wm.envs.neural_policy import policy_from_checkpoint
+
+        return policy_from_checkpoint(name.removeprefix("agent:"), tokenizer_dir)
+    raise ValueError(f"unknown policy '{name}'; available: {', '.join(POLICIES)}")
+
+
+def check_policy_name(name: str) -> None:
+    if name not in ("random", "sticky_random") and not name.startswith("agent:"):
+        raise ValueError(f"unknown collect.policy '{name}'; available: {', '.join(POLICIES)}")

@@ -43,12 +43,16 @@ class Agent(nn.Module):
         tau: torch.Tensor,
         d: torch.Tensor,
         prev_actions: torch.Tensor,
-        task: torch.Tensor,
+        task: torch.Tensor | None = None,
         cache: KVCache | None = None,
         update_cache: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (x-prediction (B, T, L, dz), agent features (B, T, D))."""
+    ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        """-> (x-prediction (B, T, L, dz), agent features (B, T, D)); with ``task=None`` the
+        dynamics alone (no agent tokens), so objectives written for the dynamics model run
+        through this module (and through its DDP wrapper, which only hooks ``forward``)."""
         dyn = self.dynamics
+        if task is None:
+            return dyn(z_noisy, tau, d, prev_actions, cache=cache, update_cache=update_cache)
         b, t = tau.shape
         agent = (self.agent_token + self.task_embed(task))[:, None, None, :].expand(b, t, 1, -1)
         tokens = dyn.tokens(z_noisy, tau, d, prev_actions, extra=agent)

@@ -1,6 +1,11 @@
-"""Multi-token prediction targets (Dreamer 4 §agent finetuning): the agent token at time t
-predicts the next L actions a_t .. a_{t+L-1} and rewards r_t .. r_{t+L-1} (paper: L = 8).
-Offsets that run past the end of the clip are masked out."""
+"""Multi-token prediction targets (Dreamer 4 §agent finetuning; paper: L = 8).
+
+The agent token at time t has seen frame t and the action a_{t-1} that led to it, not a_t.
+So it predicts the next L actions a_t .. a_{t+L-1}, and the rewards r_{t-1} .. r_{t+L-2}:
+offset 0 is the reward of the transition it just observed (well posed: action and outcome
+are both in view), later offsets are rewards to come under the behaviour policy. In
+imagination this gives each generated step's reward from the agent token of the new frame.
+Offsets that run past the end of the clip (or before its start) are masked out."""
 
 from __future__ import annotations
 
@@ -16,3 +21,12 @@ def mtp_targets(x: torch.Tensor, horizon: int, fill: float | int = 0) -> tuple[t
     offsets = torch.arange(horizon, device=x.device)
     valid = (torch.arange(t, device=x.device)[:, None] + offsets[None, :]) < t  # (T, L)
     return targets, valid[None].expand(b, -1, -1)
+
+
+def reward_targets(rewards: torch.Tensor, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """rewards[t] (caused by actions[t]) -> targets[:, t, l] = rewards[t - 1 + l] and a mask."""
+    prev = torch.cat([torch.zeros_like(rewards[:, :1]), rewards[:, :-1]], dim=1)
+    targets, valid = mtp_targets(prev, horizon, fill=0)
+    valid = valid.clone()
+    valid[:, 0, 0] = False  # nothing was observed before the first frame
+    return targets, valid

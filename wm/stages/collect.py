@@ -187,12 +187,11 @@ def summarize(episodes: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def run(cfg: Config) -> dict[str, Any]:
-    from wm.envs.policies import POLICIES
+    from wm.envs.policies import check_policy_name
     from wm.envs.retro import check_game, measure_raw_steps_per_s
 
     c = cfg.collect
-    if c.policy not in POLICIES:
-        raise ValueError(f"unknown collect.policy '{c.policy}'; available: {', '.join(POLICIES)}")
+    check_policy_name(c.policy)
     if c.workers < 1 or c.frames < 1:
         raise ValueError("collect.workers and collect.frames must be >= 1")
     check_game(cfg.env.game, cfg.env.state)

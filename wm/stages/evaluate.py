@@ -1,0 +1,117 @@
+"""evaluate: the policies in the real game, with fixed seeds.
+
+Random (uniform over the action map), behaviour cloning (the finetuned agent's policy head)
+and PMPO (after imagination RL) each play ``eval.episodes`` episodes with the same seeds.
+Reported: mean return with a 95% confidence interval (Student t), episode length, a bar plot
+(``data/eval/returns.png``) and a GIF of a PMPO episode (``data/eval/pmpo_episode.gif``).
+Episodes run in ``eval.workers`` processes, each holding its own emulator and policy copy.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from wm.atomic import write_json_atomic
+from wm.config import Config, EnvConfig
+
+METRICS_PATH = Path("data/metrics/evaluate.json")
+PLOT_PATH = Path("data/eval/returns.png")
+VIDEO_PATH = Path("data/eval/pmpo_episode.gif")
+
+_STATE: dict[str, Any] = {}
+
+
+def _init(env_cfg: EnvConfig, policy: str, tokenizer_dir: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    from wm.envs.policies import make_policy
+    from wm.envs.retro import RetroEnv
+
+    _STATE["env"] = RetroEnv(env_cfg)
+    _STATE["policy"] = make_policy(policy, _STATE["env"].action_space.n, tokenizer_dir=tokenizer_dir)
+
+
+def _episode(seed: int) -> tuple[int, float, int]:
+    from wm.stages.collect import play_episode
+
+    ep = play_episode(_STATE["env"], _STATE["policy"], seed)
+    return seed, ep.ret, len(ep)
+
+
+def ci95(values: list[float]) -> float:
+    """Half-width of the 95% confidence interval of the mean (Student t)."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
+
+
+def play(env_cfg: EnvConfig, policy: str, seeds: list[int], workers: int, tokenizer_dir: str) -> list[tuple]:
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init, initargs=(env_cfg, policy, tokenizer_dir)) as pool:
+        return sorted(pool.map(_episode, seeds))
+
+
+def bar_plot(results: dict[str, dict[str, float]], path: Path) -> None:
+    w, h, pad = 480, 300, 40
+    img = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(img)
+    top = max(r["mean"] + (r["ci95"] if math.isfinite(r["ci95"]) else 0) for r in results.values()) or 1.0
+    bw = (w - 2 * pad) // (2 * len(results))
+    for i, (name, r) in enumerate(results.items()):
+        x = pad + (2 * i + 0.5) * bw
+        y = h - pad - (h - 2 * pad) * r["mean"] / top
+        draw.rectangle([x, y, x + bw, h - pad], fill=(70, 110, 200))
+        if math.isfinite(r["ci95"]):
+            lo = h - pad - (h - 2 * pad) * (r["mean"] - r["ci95"]) / top
+            hi = h - pad - (h - 2 * pad) * (r["mean"] + r["ci95"]) / top
+            draw.line([x + bw / 2, lo, x + bw / 2, hi], fill="black", width=2)
+        draw.text((x, h - pad + 5), name, fill="black")
+        draw.text((x, y - 14), f"{r['mean']:.0f}", fill="black")
+    draw.text((pad, 10), "real-game return (mean, 95% CI)", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def record_gif(env_cfg: EnvConfig, policy: str, seed: int, tokenizer_dir: str, path: Path, max_frames: int) -> None:
+    from wm.stages.collect import play_episode
+
+    _init(env_cfg, policy, tokenizer_dir)
+    ep = play_episode(_STATE["env"], _STATE["policy"], seed)
+    frames = [Image.fromarray(f).resize((f.shape[1] * 3, f.shape[0] * 3), Image.Resampling.NEAREST)
+              for f in ep.frames[:max_frames]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=66, loop=0)
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    e = cfg.eval
+    start = time.perf_counter()
+    seeds = [e.seed + i for i in range(e.episodes)]
+    policies = {"random": "random", "bc": f"agent:{cfg.agent.out_dir}", "pmpo": f"agent:{cfg.rl.out_dir}"}
+    results: dict[str, dict[str, float]] = {}
+    metrics: dict[str, Any] = {"episodes": e.episodes}
+    for name, spec in policies.items():
+        rows = play(cfg.env, spec, seeds, e.workers, cfg.tokenizer.out_dir)
+        returns = [r[1] for r in rows]
+        lengths = [r[2] for r in rows]
+        results[name] = {"mean": float(np.mean(returns)), "ci95": ci95(returns)}
+        metrics[f"return/{name}"] = results[name]["mean"]
+        metrics[f"ci95/{name}"] = results[name]["ci95"]
+        metrics[f"length/{name}"] = float(np.mean(lengths))
+    bar_plot(results, PLOT_PATH)
+    record_gif(cfg.env, policies["pmpo"], seeds[0], cfg.tokenizer.out_dir, VIDEO_PATH, e.video_frames)
+    metrics["pmpo_over_random"] = metrics["return/pmpo"] / max(metrics["return/random"], 1e-9)
+    metrics["wall_s"] = round(time.perf_counter() - start, 1)
+    write_json_atomic(METRICS_PATH, metrics)
+    return metrics

@@ -1,0 +1,168 @@
+"""finetune_agent: agent tokens learn behaviour cloning and rewards by multi-token prediction,
+while the dynamics loss continues (Dreamer 4 §agent finetuning).
+
+The agent reads latents the way it will at imagination time: every frame at the context
+noise level (signal 1 - ctx_noise). Each agent token predicts the next ``mtp`` actions
+(cross-entropy) and rewards (symlog two-hot); the shortcut-forcing loss keeps training the
+shared transformer on the same clips. Held-out metrics: action accuracy per offset and the
+reward error against a predict-the-mean baseline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wm.atomic import write_json_atomic
+from wm.config import Config, DynamicsConfig, from_dict, to_dict
+from wm.data.shards import make_clip_loader
+from wm.models.agent import Agent
+from wm.models.dynamics import Dynamics, shift_actions
+from wm.models.transformer import Block
+from wm.objectives.mtp import mtp_targets, reward_targets
+from wm.objectives.shortcut import ShortcutLoss
+from wm.objectives.twohot import make_bins, twohot_decode, twohot_loss
+from wm.training.checkpoint import CheckpointError, load_checkpoint
+from wm.training.trainer import CHECKPOINT, Trainer, load_trained
+
+METRICS_PATH = Path("data/metrics/agent.json")
+LIVE_DIR = Path("data/metrics/agent")
+
+
+def load_dynamics(ckpt_dir: str | Path, n_actions: int) -> tuple[Dynamics, dict[str, Any]]:
+    """The trained dynamics model, built from the config saved in its checkpoint."""
+    path = Path(ckpt_dir) / CHECKPOINT
+    saved = load_checkpoint(path).get("config")
+    if not saved or "dynamics" not in saved:
+        raise CheckpointError(f"{path} has no saved dynamics config; retrain it with `wm train-dynamics`")
+    dcfg = from_dict(DynamicsConfig, saved["dynamics"], "dynamics")
+    model = Dynamics(dcfg, n_actions, saved["tokenizer"]["n_latents"], saved["tokenizer"]["latent_dim"])
+    load_trained(model, path)
+    return model, saved
+
+
+def agent_view(z: torch.Tensor, ctx_noise: float, k_max: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Latents as the agent sees them in imagination: signal level 1 - ctx_noise, finest step."""
+    b, t = z.shape[:2]
+    tau_c = round((1.0 - ctx_noise) * k_max) / k_max
+    noisy = (1 - tau_c) * torch.randn_like(z) + tau_c * z
+    return noisy, torch.full((b, t), tau_c, device=z.device), torch.full((b,), 1.0 / k_max, device=z.device)
+
+
+class AgentLoss(nn.Module):
+    """``(agent, batch) -> (loss, logs)``: shortcut forcing + MTP behaviour cloning + MTP rewards."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.shortcut = ShortcutLoss(cfg.dynamics.k_max)
+        self.register_buffer("bins", make_bins(cfg.agent.bins))
+
+    def forward(self, agent: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        a = self.cfg.agent
+        core = agent.module if hasattr(agent, "module") else agent
+        dyn_loss, logs = self.shortcut(agent, batch)  # task=None: the dynamics path of the same model
+        z = batch["latents"].float()
+        prev = shift_actions(batch["actions"])
+        noisy, tau, d = agent_view(z, self.cfg.dynamics.ctx_noise, self.cfg.dynamics.k_max)
+        task = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
+        _, feat = agent(noisy, tau, d, prev, task)
+        act_t, act_valid = mtp_targets(batch["actions"], a.mtp, fill=0)
+        rew_t, rew_valid = mtp_targets(batch["rewards"].float(), a.mtp, fill=0.0)
+        logits = core.policy_logits(feat)
+        bc = F.cross_entropy(logits.flatten(0, 2), act_t.flatten(), reduction="none").view_as(act_t.float())
+        bc = (bc * act_valid).sum() / act_valid.sum()
+        rl = twohot_loss(core.reward_logits(feat), rew_t, self.bins)
+        rl = (rl * rew_valid).sum() / rew_valid.sum()
+        loss = a.dynamics_weight * dyn_loss + a.bc_weight * bc + a.reward_weight * rl
+        with torch.no_grad():
+            acc0 = (logits[:, :, 0].argmax(-1) == batch["actions"]).float().mean().item()
+        logs.update({"agent/train/loss": loss.item(), "agent/train/bc": bc.item(), "agent/train/reward": rl.item(),
+                     "agent/train/action_acc_o0": acc0})
+        return loss, logs
+
+
+@torch.no_grad()
+def evaluate_agent(agent: Agent, batches: list[dict[str, torch.Tensor]], cfg: Config) -> dict[str, Any]:
+    a = cfg.agent
+    device = next(agent.parameters()).device
+    bins = make_bins(a.bins).to(device)
+    torch.manual_seed(0)
+    correct = torch.zeros(a.mtp, device=device)
+    counts = torch.zeros(a.mtp, device=device)
+    err, base_err, n = 0.0, 0.0, 0
+    rewards_all = torch.cat([b["rewards"].float() for b in batches])
+    mean_reward = rewards_all.mean().item()
+    for batch in batches:
+        z = batch["latents"].to(device).float()
+        actions = batch["actions"].to(device)
+        rewards = batch["rewards"].to(device).float()
+        noisy, tau, d = agent_view(z, cfg.dynamics.ctx_noise, cfg.dynamics.k_max)
+        _, feat = agent(noisy, tau, d, shift_actions(actions), torch.zeros(len(z), dtype=torch.long, device=device))
+        act_t, valid = mtp_targets(actions, a.mtp)
+        hit = (agent.policy_logits(feat).argmax(-1) == act_t) & valid
+        correct += hit.sum(dim=(0, 1)).float()
+        counts += valid.sum(dim=(0, 1)).float()
+        # offset 0 of frame t is the reward of the transition into t: rewards[t - 1]
+        pred_r = twohot_decode(agent.reward_logits(feat)[:, 1:, 0], bins)
+        target = rewards[:, :-1]
+        err += (pred_r - target).abs().sum().item()
+        base_err += (mean_reward - target).abs().sum().item()
+        n += target.numel()
+    acc = (correct / counts.clamp_min(1)).tolist()
+    out: dict[str, Any] = {f"val/action_acc/o{i}": v for i, v in enumerate(acc)}
+    out["val/action_acc_chance"] = 1.0 / agent.n_actions
+    out["val/reward_mae"] = err / max(n, 1)
+    out["val/reward_mae_mean_baseline"] = base_err / max(n, 1)
+    return out
+
+
+def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
+    a = cfg.agent
+    start = time.perf_counter()
+    n_actions = len(cfg.env.action_map)
+    dynamics, _ = load_dynamics(cfg.dynamics.out_dir, n_actions)
+    pretrained = {k: v.clone() for k, v in dynamics.state_dict().items()}
+    val_loader = make_clip_loader(cfg.latents.out_dir, "val", a.train.clip_len, a.train.batch_size, shuffle=False,
+                                  infinite=True)
+    held_out = list(itertools.islice(iter(val_loader), a.eval_batches))
+
+    def model_factory() -> Agent:
+        dyn = Dynamics(dynamics.cfg, n_actions, dynamics.n_latents, dynamics.latent_dim)
+        dyn.load_state_dict(pretrained)  # the trainer seeds and builds; start from the trained dynamics
+        return Agent(dyn, n_tasks=1, mtp=a.mtp, bins=a.bins)
+
+    def data_factory(info, skip: int):
+        loader = make_clip_loader(cfg.latents.out_dir, "train", a.train.clip_len, a.train.batch_size,
+                                  num_workers=a.train.num_workers, seed=a.train.seed, infinite=True, rank=info.rank,
+                                  world_size=info.world_size, shuffle_buffer=cfg.data.shuffle_buffer)
+        it = iter(loader)
+        for _ in range(skip):
+            next(it)
+        return it
+
+    def evaluate(model: nn.Module, step: int) -> dict[str, float]:
+        out = evaluate_agent(model, held_out[: max(1, len(held_out) // 4)], cfg)
+        return {f"agent/{k}": v for k, v in out.items() if k in ("val/action_acc/o0", "val/reward_mae")}
+
+    trainer = Trainer(name="agent", cfg=a.train, model_factory=model_factory, loss_fn=AgentLoss(cfg),
+                      data_factory=data_factory, out_dir=a.out_dir, run_config=to_dict(cfg), live_dir=LIVE_DIR,
+                      evaluate=evaluate, shard_types=(Block,))
+    result = trainer.fit(resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return {}
+    model = trainer.model
+    assert model is not None
+    model.eval()
+    metrics = {**evaluate_agent(model, held_out, cfg), "train_steps_per_s": result["train_steps_per_s"],
+               "params": result["params"], "steps": result["steps"], "mtp": a.mtp,
+               "wall_s": round(time.perf_counter() - start, 1)}
+    write_json_atomic(METRICS_PATH, metrics)
+    return metrics
