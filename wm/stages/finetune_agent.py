@@ -75,7 +75,7 @@ class AgentLoss(nn.Module):
         task = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
         _, feat = agent(noisy, tau, d, prev, task)
         act_t, act_valid = mtp_targets(batch["actions"], a.mtp, fill=0)
-        rew_t, rew_valid = mtp_targets(batch["rewards"].float(), a.mtp, fill=0.0)
+        rew_t, rew_valid = reward_targets(batch["rewards"].float(), a.mtp)
         logits = core.policy_logits(feat)
         bc = F.cross_entropy(logits.flatten(0, 2), act_t.flatten(), reduction="none").view_as(act_t.float())
         bc = (bc * act_valid).sum() / act_valid.sum()
