@@ -13,7 +13,7 @@ def test_mtp_targets_shift_and_mask():
     r = torch.tensor([[10.0, 20.0, 30.0]])
     tgt, valid = reward_targets(r, 2)
     assert tgt[0].tolist() == [[0.0, 10.0], [10.0, 20.0], [20.0, 30.0]]
-    assert valid[0].tolist() == [[False, True], [True, True], [True, False]]
+    assert valid[0].tolist() == [[False, True], [True, True], [True, True]]
 
 
 def test_agent_tokens_do_not_change_dynamics_predictions(debug_cfg):

@@ -11,6 +11,7 @@ from conftest import copy_repo, env_with_venv
 
 def test_interrupted_stage_reruns_cleanly(tmp_path):
     repo = copy_repo(tmp_path / "repo")
+    (repo / "dvc.lock").unlink(missing_ok=True)  # start from a repository that never ran a stage
     env = env_with_venv()
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],

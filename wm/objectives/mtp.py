@@ -24,9 +24,12 @@ def mtp_targets(x: torch.Tensor, horizon: int, fill: float | int = 0) -> tuple[t
 
 
 def reward_targets(rewards: torch.Tensor, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """rewards[t] (caused by actions[t]) -> targets[:, t, l] = rewards[t - 1 + l] and a mask."""
-    prev = torch.cat([torch.zeros_like(rewards[:, :1]), rewards[:, :-1]], dim=1)
-    targets, valid = mtp_targets(prev, horizon, fill=0)
-    valid = valid.clone()
-    valid[:, 0, 0] = False  # nothing was observed before the first frame
-    return targets, valid
+    """rewards[t] (caused by actions[t]) -> targets[:, t, l] = rewards[t - 1 + l], valid where
+    0 <= t - 1 + l < T."""
+    b, t = rewards.shape
+    padded = torch.cat([torch.zeros_like(rewards[:, :1]), rewards,
+                        torch.zeros(b, horizon, dtype=rewards.dtype, device=rewards.device)], dim=1)
+    targets = padded.unfold(1, horizon, 1)[:, :t]  # targets[:, t, l] = padded[t + l] = rewards[t + l - 1]
+    index = torch.arange(t, device=rewards.device)[:, None] + torch.arange(horizon, device=rewards.device) - 1
+    valid = (index >= 0) & (index < t)
+    return targets, valid[None].expand(b, -1, -1)
