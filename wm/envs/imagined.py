@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from wm.models.agent import Agent
+from wm.models.dynamics import context_level
 from wm.models.tokenizer import Tokenizer
 from wm.models.transformer import KVCache
 from wm.objectives.twohot import make_bins, twohot_decode
@@ -49,7 +50,7 @@ class ImaginedEnv:
         self.task = torch.full((num_envs,), task, dtype=torch.long, device=self.device)
         k_max = agent.dynamics.cfg.k_max
         self.k_max = k_max
-        self.tau_ctx = round((1.0 - ctx_noise) * k_max) / k_max
+        self.tau_ctx = context_level(ctx_noise, k_max)
         self.action_space_n = agent.n_actions
         self._cache: KVCache | None = None
         self._dec_cache: KVCache | None = None

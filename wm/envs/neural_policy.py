@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from wm.models.agent import Agent
+from wm.models.dynamics import context_level
 from wm.models.tokenizer import Tokenizer
 
 
@@ -47,7 +48,7 @@ class NeuralPolicy:
         self.ctx_noise = ctx_noise
         self.greedy = greedy
         k_max = agent.dynamics.cfg.k_max
-        self.tau = round((1.0 - ctx_noise) * k_max) / k_max
+        self.tau = context_level(ctx_noise, k_max)
         self.d = 1.0 / k_max
         self._rng = np.random.default_rng(0)
         self.reset(self._rng)

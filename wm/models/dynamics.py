@@ -96,9 +96,15 @@ def shift_actions(actions: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.full_like(actions[:, :1], NO_ACTION_INDEX), actions[:, :-1]], dim=1)
 
 
+def context_level(ctx_noise: float, k_max: int) -> float:
+    """Signal level tau_ctx = 1 - ctx_noise at which past frames are seen, snapped to the
+    tau grid of the finest step (the levels the model was trained on)."""
+    return round((1.0 - ctx_noise) * k_max) / k_max
+
+
 def _clean_context(z: torch.Tensor, noise: torch.Tensor, ctx_noise: float, k_max: int) -> tuple[torch.Tensor, float]:
-    """Context latents at signal level tau_ctx = 1 - ctx_noise, snapped to the tau grid."""
-    tau_c = round((1.0 - ctx_noise) * k_max) / k_max
+    """Context latents at signal level tau_ctx (see ``context_level``)."""
+    tau_c = context_level(ctx_noise, k_max)
     return (1 - tau_c) * noise + tau_c * z, tau_c
 
 

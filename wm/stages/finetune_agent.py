@@ -24,7 +24,7 @@ from wm.atomic import write_json_atomic
 from wm.config import Config, DynamicsConfig, from_dict, to_dict
 from wm.data.shards import make_clip_loader
 from wm.models.agent import Agent
-from wm.models.dynamics import Dynamics, shift_actions
+from wm.models.dynamics import Dynamics, context_level, shift_actions
 from wm.models.transformer import Block
 from wm.objectives.mtp import mtp_targets, reward_targets
 from wm.objectives.shortcut import ShortcutLoss
@@ -51,7 +51,7 @@ def load_dynamics(ckpt_dir: str | Path, n_actions: int) -> tuple[Dynamics, dict[
 def agent_view(z: torch.Tensor, ctx_noise: float, k_max: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Latents as the agent sees them in imagination: signal level 1 - ctx_noise, finest step."""
     b, t = z.shape[:2]
-    tau_c = round((1.0 - ctx_noise) * k_max) / k_max
+    tau_c = context_level(ctx_noise, k_max)
     noisy = (1 - tau_c) * torch.randn_like(z) + tau_c * z
     return noisy, torch.full((b, t), tau_c, device=z.device), torch.full((b,), 1.0 / k_max, device=z.device)
 
