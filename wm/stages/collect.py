@@ -122,7 +122,9 @@ def _worker_main(args: tuple, progress: Any, results: Any) -> None:
         results.put(("error", traceback.format_exc()))
 
 
-def _run_workers(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
+def _run_workers(cfg: Config, out_dir: Path, timing: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """Run the collection workers in subprocesses. ``timing``, when given, receives the agent
+    steps and seconds counted once every worker has started (throughput without start-up)."""
     from tqdm import tqdm
 
     c = cfg.collect
@@ -140,12 +142,20 @@ def _run_workers(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     returns: list[float] = []
     bar = tqdm(total=budget * n, unit="frame", desc=f"collect ({c.policy}, {n} workers)", dynamic_ncols=True)
     start = time.perf_counter()
+    started: set[int] = set()
+    steady_start, steady_steps = 0.0, 0
     try:
         while len(outputs) < n:
             try:
                 kind, *rest = progress.get(timeout=0.5)
                 if kind == "steps":
                     bar.update(rest[1])
+                    if len(started) == n:
+                        steady_steps += rest[1]
+                    else:
+                        started.add(rest[0])
+                        if len(started) == n:
+                            steady_start = time.perf_counter()
                 else:
                     returns.append(rest[1])
                     bar.set_postfix(episodes=len(returns), mean_return=f"{np.mean(returns):.0f}",
@@ -163,6 +173,8 @@ def _run_workers(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
             if len(outputs) < n and not any(p.is_alive() for p in procs) and results.empty():
                 codes = [p.exitcode for p in procs]
                 raise RuntimeError(f"collection workers exited without a result (exit codes {codes})")
+        if timing is not None and steady_start:
+            timing.update(steady_steps=steady_steps, steady_s=time.perf_counter() - steady_start)
     finally:
         bar.close()
         for p in procs:
