@@ -11,7 +11,6 @@ reward error against a predict-the-mean baseline.
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -156,11 +155,9 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
                       data_factory=data_factory, out_dir=a.out_dir, run_config=to_dict(cfg), live_dir=LIVE_DIR,
                       evaluate=evaluate, shard_types=(Block,))
     result = trainer.fit(resume=resume)
-    if int(os.environ.get("RANK", "0")) != 0:
+    model = trainer.main_process_model()
+    if model is None:  # under torchrun, rank 0 evaluates and writes the outputs
         return {}
-    model = trainer.model
-    assert model is not None
-    model.eval()
     metrics = {**evaluate_agent(model, held_out, cfg), "train_steps_per_s": result["train_steps_per_s"],
                "params": result["params"], "steps": result["steps"], "mtp": a.mtp,
                "wall_s": round(time.perf_counter() - start, 1)}

@@ -14,7 +14,6 @@ frame; the training mean frame) and mostly over the first 4 frames, where the ac
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -200,11 +199,9 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
         shard_types=(Block,), compatible=_compatible(run_config),
     )
     result = trainer.fit(resume=resume)
-    if int(os.environ.get("RANK", "0")) != 0:
+    model = trainer.main_process_model()
+    if model is None:  # under torchrun, rank 0 evaluates and writes the outputs
         return {}
-    model = trainer.model
-    assert model is not None
-    model.eval()
     tok = tok.to(next(model.parameters()).device)
     out = evaluate_dynamics(model, tok, clips, cfg, mean_train_frame(cfg))
     _write_plot(out.pop("_by_step"), PLOT_PATH)

@@ -6,7 +6,6 @@ the checkpoint (``tokenizer.out_dir/checkpoint.pt`` + ``config.yaml``)."""
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -121,11 +120,9 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
         evaluate=evaluate, shard_types=(Block,), compatible=_compatible(run_config),
     )
     result = trainer.fit(resume=resume)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes the outputs
+    model = trainer.main_process_model()
+    if model is None:  # under torchrun, rank 0 evaluates and writes the outputs
         return {}
-    model = trainer.model
-    assert model is not None
-    model.eval()
     final = evaluate_tokenizer(model, held_out, lpips_net if pretrained else None)
     save_grid(model, held_out[0], GRID_PATH)
     metrics = {

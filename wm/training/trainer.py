@@ -15,6 +15,7 @@ or inf loss stops the run with a clear error and leaves the last good checkpoint
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -102,6 +103,15 @@ class Trainer:
     @property
     def checkpoint_path(self) -> Path:
         return self.out_dir / CHECKPOINT
+
+    def main_process_model(self) -> nn.Module | None:
+        """After ``fit``: the trained (unwrapped) model in eval mode on rank 0, where stages
+        evaluate and write their outputs; ``None`` on the other ranks under torchrun."""
+        if int(os.environ.get("RANK", "0")) != 0:
+            return None
+        if self.model is None:
+            raise RuntimeError("fit() has not run")
+        return self.model.eval()
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         cfg = self.cfg
