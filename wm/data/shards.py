@@ -379,15 +379,22 @@ def make_clip_loader(
         )
     # Ranks/workers hold disjoint samples, so a finite loader's ranks can differ by a few
     # clips; cycling epochs and cutting at ``batches`` keeps every rank's count identical.
-    ds = ClipDataset([(p, e["chunks"]) for p, e in zip(paths, entries)], clip_len, shuffle=shuffle, seed=seed, epochs=None, rank=rank,
-                     world_size=world_size, shuffle_buffer=shuffle_buffer)
+    ds = ClipDataset([(p, e["chunks"]) for p, e in zip(paths, entries)], clip_len, shuffle=shuffle, seed=seed,
+                     epochs=None, rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, drop_last=True,
                         pin_memory=torch.cuda.is_available(), persistent_workers=False)
     return ClipLoader(loader, batches)
 
 
-def count_clips(shard_dir: str | Path, split: str, clip_len: int) -> int:
-    manifest = read_manifest(shard_dir)
-    return sum(n // clip_len for e in manifest["splits"][split]["shards"] for n in e["chunk_lengths"])
-
-
+def train_batches(shard_dir: str | Path, train: Any, info: Any, shuffle_buffer: int, skip: int = 0,
+                  clip_len: int | None = None, batch_size: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """The infinite, shuffled training batches of one rank for a stage's ``TrainConfig``
+    (``clip_len``/``batch_size`` override it), starting ``skip`` batches in, so a resumed run
+    sees exactly the batches the uninterrupted one would."""
+    loader = make_clip_loader(shard_dir, "train", clip_len or train.clip_len, batch_size or train.batch_size,
+                              num_workers=train.num_workers, seed=train.seed, infinite=True, rank=info.rank,
+                              world_size=info.world_size, shuffle_buffer=shuffle_buffer)
+    it = iter(loader)
+    for _ in range(skip):
+        next(it)
+    return it

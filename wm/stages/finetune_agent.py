@@ -21,7 +21,7 @@ from torch import nn
 
 from wm.atomic import write_json_atomic
 from wm.config import Config, DynamicsConfig, from_dict, to_dict
-from wm.data.shards import make_clip_loader
+from wm.data.shards import make_clip_loader, train_batches
 from wm.models.agent import Agent
 from wm.models.dynamics import Dynamics, context_level, shift_actions
 from wm.models.transformer import Block
@@ -139,13 +139,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
         return Agent(dyn, n_tasks=1, mtp=a.mtp, bins=a.bins)
 
     def data_factory(info, skip: int):
-        loader = make_clip_loader(cfg.latents.out_dir, "train", a.train.clip_len, a.train.batch_size,
-                                  num_workers=a.train.num_workers, seed=a.train.seed, infinite=True, rank=info.rank,
-                                  world_size=info.world_size, shuffle_buffer=cfg.data.shuffle_buffer)
-        it = iter(loader)
-        for _ in range(skip):
-            next(it)
-        return it
+        return train_batches(cfg.latents.out_dir, a.train, info, cfg.data.shuffle_buffer, skip)
 
     def evaluate(model: nn.Module, step: int) -> dict[str, float]:
         out = evaluate_agent(model, held_out[: max(1, len(held_out) // 4)], cfg)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from wm.atomic import write_bytes_atomic, write_json_atomic
 from wm.config import Config, to_dict
-from wm.data.shards import make_clip_loader
+from wm.data.shards import make_clip_loader, train_batches
 from wm.metrics import psnr
 from wm.models.dynamics import Dynamics, rollout, shift_actions
 from wm.models.tokenizer import Tokenizer
@@ -55,10 +55,9 @@ def batch_kind(seed: int, step: int, cfg: Config) -> str:
 def batch_schedule(cfg: Config, info: Any, skip: int):
     """Infinite iterator of latent batches following the alternating-length schedule."""
     dyn, tr = cfg.dynamics, cfg.dynamics.train
-    common = dict(num_workers=tr.num_workers, seed=tr.seed, infinite=True, rank=info.rank,
-                  world_size=info.world_size, shuffle_buffer=cfg.data.shuffle_buffer)
-    short = iter(make_clip_loader(cfg.latents.out_dir, "train", dyn.short_len, tr.batch_size, **common))
-    long = iter(make_clip_loader(cfg.latents.out_dir, "train", dyn.long_len, dyn.long_batch_size, **common))
+    short = train_batches(cfg.latents.out_dir, tr, info, cfg.data.shuffle_buffer, clip_len=dyn.short_len)
+    long = train_batches(cfg.latents.out_dir, tr, info, cfg.data.shuffle_buffer, clip_len=dyn.long_len,
+                         batch_size=dyn.long_batch_size)
     pick = np.random.default_rng([tr.seed, 99])
     for step in itertools.count():
         kind = batch_kind(tr.seed, step, cfg)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from wm.atomic import write_json_atomic
 from wm.config import Config, to_dict
-from wm.data.shards import make_clip_loader
+from wm.data.shards import make_clip_loader, train_batches
 from wm.metrics import avgpool2_baseline, psnr, ssim
 from wm.models.tokenizer import Tokenizer
 from wm.models.transformer import Block
@@ -101,13 +101,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     held_out = val_batches(cfg)
 
     def data_factory(info, skip: int):
-        loader = make_clip_loader(cfg.shard.out_dir, "train", t.train.clip_len, t.train.batch_size,
-                                  num_workers=t.train.num_workers, seed=t.train.seed, infinite=True,
-                                  rank=info.rank, world_size=info.world_size, shuffle_buffer=cfg.data.shuffle_buffer)
-        it = iter(loader)
-        for _ in range(skip):  # fast-forward to where a resumed run left off
-            next(it)
-        return it
+        return train_batches(cfg.shard.out_dir, t.train, info, cfg.data.shuffle_buffer, skip)
 
     def evaluate(model: torch.nn.Module, step: int) -> dict[str, float]:
         logs = evaluate_tokenizer(model, held_out[: max(1, len(held_out) // 4)])

@@ -9,7 +9,6 @@ file and renamed, so a crash mid-write leaves the previous checkpoint intact. Lo
 from __future__ import annotations
 
 import io
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -70,6 +69,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
-
-def checkpoint_size(path: str | Path) -> int:
-    return os.path.getsize(path)
