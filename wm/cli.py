@@ -30,7 +30,11 @@ def _stage(module: str, trains: bool) -> Callable[[argparse.Namespace], dict[str
 
         cfg = _load_cfg(args)
         stage = importlib.import_module(f"wm.stages.{module}")
-        return stage.run(cfg, resume=args.resume) if trains else stage.run(cfg)
+        if trains:
+            return stage.run(cfg, resume=args.resume)
+        if getattr(args, "metrics", None):
+            return stage.run(cfg, metrics_path=args.metrics)
+        return stage.run(cfg)
 
     return run
 
@@ -83,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         if trains:
             p.add_argument("--resume", action="store_true",
                            help="continue exactly from the stage's last checkpoint (same config)")
+        if name == "collect":
+            p.add_argument("--metrics", default=None, metavar="PATH",
+                           help="write the metrics here instead of data/metrics/collect.json (the DVC stage's)")
         p.set_defaults(func=_stage(module, trains))
 
     p = sub.add_parser("compose", help="compose wm/conf into params.yaml for a preset")

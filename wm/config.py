@@ -62,6 +62,7 @@ class ShardConfig:
     chunks_per_shard: int
     val_fraction: float
     compress_level: int
+    extra_dir: str = ""      # more episode sets, one sub-dir each (retraining's collections)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class TrainConfig:
     distributed: str         # none | ddp | fsdp (under torchrun)
     wandb: str               # offline | disabled | online
     threads: int             # torch CPU threads (0: torch's default)
+    init_from: str = ""      # warm start: a checkpoint dir whose model weights start a fresh run
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,7 @@ class DynamicsConfig:
     model: TransformerConfig
     train: TrainConfig
     out_dir: str
+    context_frac: float = 0.0  # share of training frames drawn at the sampler's context level (paper: 0)
 
 
 @dataclass(frozen=True)
@@ -272,10 +275,12 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
                 f"unknown config key '{prefix}{key}'.{_close(str(key), names)} "
                 f"Valid keys{' of ' + where if where else ''}: {', '.join(names)}"
             )
-    missing = [n for n in names if n not in data]
+    optional = {f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                if f.default is not dataclasses.MISSING}  # keys added later: older saved configs lack them
+    missing = [n for n in names if n not in data and n not in optional]
     if missing:
         raise ConfigError(f"missing config key(s) {', '.join(prefix + m for m in missing)}")
-    kwargs = {n: _check_value(data[n], hints[n], prefix + n) for n in names}
+    kwargs = {n: _check_value(data[n], hints[n], prefix + n) for n in names if n in data}
     return cls(**kwargs)
 
 

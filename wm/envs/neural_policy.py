@@ -80,6 +80,9 @@ def policy_from_checkpoint(agent_dir: str | Path, tokenizer_dir: str | Path) -> 
     from wm.stages.cache_latents import load_tokenizer
 
     torch.set_num_threads(1)  # one process per emulator; threads would only contend
+    own = Path(agent_dir) / "tokenizer"  # a promoted policy carries the tokenizer it was trained with
+    if (own / "checkpoint.pt").exists():
+        tokenizer_dir = own
     agent, saved = load_agent(agent_dir)
     tok, _ = load_tokenizer(tokenizer_dir)
     return NeuralPolicy(agent, tok, saved["dynamics"]["ctx_noise"])

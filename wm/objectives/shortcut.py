@@ -5,6 +5,11 @@ forcing, Chen et al. 2024), term by term:
   (Kmax = 64, so d_min = 1/64). Per *time step*, tau ~ U{0, d, 2d, ..., 1 - d} (every
   frame its own noise level: diffusion forcing, so the model learns to predict a frame
   from a noisy past).
+- Context frames (``context_frac``, a stated deviation, 0 = the paper): a share of the frames
+  is instead drawn at the sampler's context level tau_ctx = 1 - ctx_noise with d = d_min, so
+  the case the sampler actually meets (a nearly clean past, a noisy present) is seen often
+  rather than in the ~1/64 of frames uniform tau gives it. These frames get the flow loss.
+  d is therefore carried per frame, shape (B, T).
 - Corruption. z~ = (1 - tau) * z0 + tau * z1 with z0 ~ N(0, I), z1 the clean latents
   (tau = 0 pure noise, tau = 1 clean).
 - X-prediction. The network outputs z^1 = f(z~, tau, d, actions); its implied velocity is
@@ -14,7 +19,8 @@ forcing, Chen et al. 2024), term by term:
   with stop-gradient:  b1 = f(z~, tau, d/2) -> v1 = (b1 - z~)/(1 - tau);
   z' = z~ + v1 d/2;  b2 = f(z', tau + d/2, d/2) -> v2 = (b2 - z')/(1 - tau - d/2);
   target v* = (v1 + v2) / 2, loss (1 - tau)^2 ||v^ - v*||^2 (the velocity error scaled back
-  to x-space units, so both losses are comparable).
+  to x-space units, so both losses are comparable). Frames with d = d_min stay as they are
+  during the two half steps (they are the past the bootstrapped frames are conditioned on).
 - Weight w(tau) = 0.9 tau + 0.1: frames closer to clean count more.
 Sampling with K steps uses d = 1/K from tau = 0 (``wm/models/dynamics.py: rollout``).
 """
@@ -26,28 +32,38 @@ import math
 import torch
 from torch import nn
 
-from wm.models.dynamics import NO_ACTION_INDEX, shift_actions
+from wm.models.dynamics import NO_ACTION_INDEX, context_level, shift_actions
 
 
-def sample_shortcut(batch: int, time: int, k_max: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """tau (B, T) on each sample's d-grid, d (B,)."""
+def sample_shortcut(batch: int, time: int, k_max: int, device: torch.device, context_frac: float = 0.0,
+                    tau_ctx: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """tau (B, T) on each frame's d-grid and d (B, T): d per sample, except the
+    ``context_frac`` share of frames drawn at (tau_ctx, d_min)."""
     levels = int(math.log2(k_max))
     k = torch.randint(0, levels + 1, (batch,), device=device)
-    d = 1.0 / (2.0**k)
+    d = (1.0 / (2.0**k))[:, None].expand(batch, time).clone()
     n_steps = (2**k)[:, None].float()  # tau = j * d, j ~ U{0 .. 1/d - 1}
-    j = torch.floor(torch.rand(batch, time, device=device) * n_steps)
-    return j * d[:, None], d
+    tau = torch.floor(torch.rand(batch, time, device=device) * n_steps) * d
+    if context_frac > 0:
+        ctx = torch.rand(batch, time, device=device) < context_frac
+        tau = torch.where(ctx, torch.full_like(tau, tau_ctx), tau)
+        d = torch.where(ctx, torch.full_like(d, 1.0 / k_max), d)
+    return tau, d
 
 
 def bootstrap_velocity(model: nn.Module, z_t: torch.Tensor, tau: torch.Tensor, d: torch.Tensor,
-                       prev_actions: torch.Tensor) -> torch.Tensor:
-    """v* = mean velocity of two half steps of size d/2 (no gradient)."""
-    half = d / 2
+                       prev_actions: torch.Tensor, boot: torch.Tensor | None = None) -> torch.Tensor:
+    """v* = mean velocity of two half steps of size d/2 (no gradient) at the ``boot`` frames
+    (B, T; default all); the other frames keep their input, level and step size."""
+    d = d[:, None].expand_as(tau) if d.ndim == 1 else d
+    boot = torch.ones_like(tau, dtype=torch.bool) if boot is None else boot
+    half = torch.where(boot, d / 2, d)
+    step = torch.where(boot, d / 2, torch.zeros_like(d))
     with torch.no_grad():
         b1 = model(z_t, tau, half, prev_actions)
         v1 = (b1 - z_t) / (1 - tau)[..., None, None]
-        z_mid = z_t + v1 * half[:, None, None, None]
-        tau_mid = tau + half[:, None]
+        z_mid = z_t + v1 * step[..., None, None]
+        tau_mid = tau + step
         b2 = model(z_mid, tau_mid, half, prev_actions)
         v2 = (b2 - z_mid) / (1 - tau_mid)[..., None, None]
     return (v1 + v2) / 2
@@ -55,31 +71,34 @@ def bootstrap_velocity(model: nn.Module, z_t: torch.Tensor, tau: torch.Tensor, d
 
 def shortcut_terms(model: nn.Module, z1: torch.Tensor, z0: torch.Tensor, tau: torch.Tensor, d: torch.Tensor,
                    prev_actions: torch.Tensor, d_min: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-frame squared errors (B, T) before weighting, and the flow/bootstrap masks (B,)."""
+    """Per-frame squared errors (B, T) before weighting, and the flow/bootstrap masks (B, T).
+    d is (B,) (one step size per sample) or (B, T)."""
+    d = d[:, None].expand_as(tau) if d.ndim == 1 else d
     tt = tau[..., None, None]
     z_t = (1 - tt) * z0 + tt * z1
     pred = model(z_t, tau, d, prev_actions)
     is_flow = d <= d_min + 1e-9
-    err = torch.zeros(tau.shape, device=z1.device, dtype=torch.float32)
-    if is_flow.any():
-        f = is_flow
-        err[f] = (pred[f].float() - z1[f].float()).pow(2).mean(dim=(-1, -2))
     boot = ~is_flow
-    if boot.any():
-        b = boot
-        v_star = bootstrap_velocity(model, z_t[b], tau[b], d[b], prev_actions[b])
-        v_hat = (pred[b] - z_t[b]) / (1 - tau[b])[..., None, None]
-        err[b] = ((1 - tau[b]) ** 2) * (v_hat.float() - v_star.float()).pow(2).mean(dim=(-1, -2))
+    err = (pred.float() - z1.float()).pow(2).mean(dim=(-1, -2))
+    rows = boot.any(dim=1)  # samples with at least one bootstrapped frame
+    if rows.any():
+        r = rows
+        v_star = bootstrap_velocity(model, z_t[r], tau[r], d[r], prev_actions[r], boot[r])
+        v_hat = (pred[r] - z_t[r]) / (1 - tau[r])[..., None, None]
+        boot_err = ((1 - tau[r]) ** 2) * (v_hat.float() - v_star.float()).pow(2).mean(dim=(-1, -2))
+        err[r] = torch.where(boot[r], boot_err, err[r])
     return err, is_flow, boot
 
 
 class ShortcutLoss(nn.Module):
     """``(model, batch) -> (loss, logs)`` for batches of latent clips."""
 
-    def __init__(self, k_max: int):
+    def __init__(self, k_max: int, context_frac: float = 0.0, ctx_noise: float = 0.1):
         super().__init__()
         self.k_max = k_max
         self.d_min = 1.0 / k_max
+        self.context_frac = context_frac
+        self.tau_ctx = context_level(ctx_noise, k_max)
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         z1 = batch["latents"].float()  # (B, T, L, dz)
@@ -87,7 +106,9 @@ class ShortcutLoss(nn.Module):
         prev = shift_actions(batch["actions"])
         if "action_free" in batch:
             prev = torch.where(batch["action_free"][:, None], torch.full_like(prev, NO_ACTION_INDEX), prev)
-        tau, d = sample_shortcut(b, t, self.k_max, z1.device)
+        # a single frame has no past to be context for: it always gets a level of its own
+        frac = self.context_frac if t > 1 else 0.0
+        tau, d = sample_shortcut(b, t, self.k_max, z1.device, frac, self.tau_ctx)
         z0 = torch.randn_like(z1)
         err, is_flow, boot = shortcut_terms(model, z1, z0, tau, d, prev, self.d_min)
         weight = 0.9 * tau + 0.1

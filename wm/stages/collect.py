@@ -198,7 +198,7 @@ def summarize(episodes: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def run(cfg: Config) -> dict[str, Any]:
+def run(cfg: Config, metrics_path: str | Path = METRICS_PATH) -> dict[str, Any]:
     from wm.envs.policies import check_policy_name
     from wm.envs.retro import check_game, measure_raw_steps_per_s
 
@@ -248,5 +248,5 @@ def run(cfg: Config) -> dict[str, Any]:
         "policy": c.policy,
         "backend": c.backend,
     }
-    write_json_atomic(METRICS_PATH, metrics)
+    write_json_atomic(metrics_path, metrics)
     return metrics

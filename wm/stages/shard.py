@@ -23,6 +23,7 @@ from wm.data.shards import MANIFEST, episode_samples, split_episodes, write_spli
 from wm.provenance import code_version
 
 METRICS_PATH = Path("data/metrics/shard.json")
+EXTRA_OFFSET = 1_000_000  # episode ids of the j-th extra set start at (j + 1) * EXTRA_OFFSET
 
 
 def read_rollouts(in_dir: Path) -> dict[str, Any]:
@@ -30,6 +31,22 @@ def read_rollouts(in_dir: Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"no rollouts in {in_dir} ({path} missing): run `wm collect` first")
     return json.loads(path.read_text())
+
+
+def split_by_set(indices: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split each episode set on its own (set = id // EXTRA_OFFSET), so adding a set never moves
+    an earlier episode between train and val; a set of one episode goes to train."""
+    train: list[int] = []
+    val: list[int] = []
+    for group in sorted({i // EXTRA_OFFSET for i in indices}):
+        members = [i for i in indices if i // EXTRA_OFFSET == group]
+        if group > 0 and len(members) < 2:
+            train += members
+            continue
+        t, v = split_episodes(members, val_fraction, seed + group)
+        train += t
+        val += v
+    return train, val
 
 
 def build_shards(
@@ -44,7 +61,7 @@ def build_shards(
     header: dict[str, Any],
 ) -> dict[str, Any]:
     """Write train/val shards for ``episodes`` (index, npz path) into ``out_dir``; return the manifest."""
-    train, val = split_episodes([i for i, _ in episodes], val_fraction, seed)
+    train, val = split_by_set([i for i, _ in episodes], val_fraction, seed)
     files = dict(episodes)
     manifest: dict[str, Any] = {**header, "chunk_len": chunk_len, "splits": {}, "code_version": code_version()}
     for split, indices in (("train", train), ("val", val)):
@@ -71,14 +88,40 @@ def build_shards(
     return manifest
 
 
-def run(cfg: Config) -> dict[str, Any]:
-    s = cfg.shard
-    in_dir, out_dir = Path(s.in_dir), Path(s.out_dir)
+
+def extra_sets(extra_dir: str) -> list[Path]:
+    """The episode sets retraining added (sub-dirs with a manifest), in name order."""
+    if not extra_dir or not Path(extra_dir).is_dir():
+        return []
+    return sorted(p for p in Path(extra_dir).iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and (p / "manifest.json").exists())
+
+
+def gather_episodes(s: Any) -> tuple[dict[str, Any], list[tuple[int, Path]], list[dict[str, Any]]]:
+    """The base rollouts' manifest, every (episode id, file) of the base and extra sets, and
+    one summary per set. Ids stay unique: the j-th extra set is offset by (j + 1) * 10^6."""
+    in_dir = Path(s.in_dir)
     rollouts = read_rollouts(in_dir)
     episodes = [(e["episode"], in_dir / e["file"]) for e in rollouts["episodes"]]
+    sources = [{"dir": str(in_dir), "policy": rollouts["policy"], "episodes": len(rollouts["episodes"])}]
+    for j, sub in enumerate(extra_sets(s.extra_dir)):
+        extra = read_rollouts(sub)
+        if extra["env"] != rollouts["env"]:
+            raise ValueError(f"{sub} was collected with another env config than {in_dir}; remove it or re-collect")
+        if max((e["episode"] for e in extra["episodes"]), default=0) >= EXTRA_OFFSET:
+            raise ValueError(f"{sub} holds more than {EXTRA_OFFSET} episodes")
+        episodes += [((j + 1) * EXTRA_OFFSET + e["episode"], sub / e["file"]) for e in extra["episodes"]]
+        sources.append({"dir": str(sub), "policy": extra["policy"], "episodes": len(extra["episodes"])})
+    return rollouts, episodes, sources
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    s = cfg.shard
+    out_dir = Path(s.out_dir)
+    rollouts, episodes, sources = gather_episodes(s)
     start = time.perf_counter()
     header = {"kind": "frames", "env": rollouts["env"], "policy": rollouts["policy"], "seed": rollouts["seed"],
-              "source": str(in_dir)}
+              "source": s.in_dir, "sources": sources}
     with atomic_dir(out_dir) as tmp:
         manifest = build_shards(episodes, tmp, chunk_len=s.chunk_len, chunks_per_shard=s.chunks_per_shard,
                                 val_fraction=s.val_fraction, seed=rollouts["seed"],
@@ -91,6 +134,7 @@ def run(cfg: Config) -> dict[str, Any]:
         "val_frames": manifest["splits"]["val"]["frames"],
         "shards": sum(len(v["shards"]) for v in manifest["splits"].values()),
         "bytes": sizes,
+        "episode_sets": len(sources),
         "wall_s": round(time.perf_counter() - start, 2),
     }
     write_json_atomic(METRICS_PATH, metrics)

@@ -113,6 +113,15 @@ class Trainer:
             raise RuntimeError("fit() has not run")
         return self.model.eval()
 
+    def _warm_start(self, model: nn.Module, src: Path) -> None:
+        """``train.init_from``: a fresh run (new optimizer, schedule and step count) starting
+        from another run's weights, e.g. retraining on a grown dataset (flows/retrain.py)."""
+        path = src / CHECKPOINT if src.is_dir() or src.suffix != ".pt" else src
+        if not path.exists():
+            raise CheckpointError(f"train.init_from: no checkpoint at {path}; point it at a checkpoint dir "
+                                  "(e.g. data/checkpoints/" + self.name + ") or set it to ''")
+        load_trained(model, path)
+
     def fit(self, resume: bool = False) -> dict[str, Any]:
         cfg = self.cfg
         info = init_distributed(cfg.distributed)
@@ -141,6 +150,8 @@ class Trainer:
                     f"{self.checkpoint_path} was written with a different config; resume needs the same "
                     "one (only train.steps may change). Remove it to start afresh."
                 )
+        elif cfg.init_from:
+            self._warm_start(model, Path(cfg.init_from))
         wrapped = wrap_model(model, info, self.shard_types)
         if cfg.compile:
             wrapped.compile()
