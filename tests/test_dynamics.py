@@ -22,13 +22,50 @@ def make_model(dyn_cfg, **model_kw) -> Dynamics:
 def test_sample_shortcut_grid():
     torch.manual_seed(0)
     tau, d = sample_shortcut(4096, 3, 64, torch.device("cpu"))
-    k = -torch.log2(d)
+    assert d.shape == (4096, 3) and torch.equal(d, d[:, :1].expand_as(d))  # one step size per sample
+    k = -torch.log2(d[:, 0])
     assert torch.equal(k, k.round()) and k.min() == 0 and k.max() == 6
     assert set(k.long().tolist()) == set(range(7))  # k ~ U{0..log2 Kmax}
-    on_grid = tau / d[:, None]
+    on_grid = tau / d
     assert torch.allclose(on_grid, on_grid.round())
-    assert (tau >= 0).all() and (tau <= 1 - d[:, None] + 1e-9).all()
+    assert (tau >= 0).all() and (tau <= 1 - d + 1e-9).all()
     assert (tau[:, 0] != tau[:, 1]).any()  # per time step
+
+
+def test_context_frames_sit_at_the_sampler_level():
+    torch.manual_seed(0)
+    tau_ctx = 58 / 64
+    tau, d = sample_shortcut(4096, 4, 64, torch.device("cpu"), context_frac=0.5, tau_ctx=tau_ctx)
+    ctx = (tau == tau_ctx) & (d == 1 / 64)
+    assert 0.45 < ctx.float().mean().item() < 0.55
+    rest = ~ctx
+    assert torch.allclose(tau[rest] / d[rest], (tau[rest] / d[rest]).round())  # the others stay on their grid
+
+
+def test_bootstrap_keeps_context_frames_fixed():
+    """Per-frame d: a flow (context) frame keeps its input, level and step in both half steps."""
+    seen = []
+
+    def f(z, tau, d, a):
+        seen.append((z.clone(), tau.clone(), d.clone()))
+        return z * (1 + tau[..., None, None]) + d[..., None, None]
+
+    z = torch.tensor([[[[0.5]], [[0.5]]]])  # (B=1, T=2, L=1, dz=1)
+    tau = torch.tensor([[58 / 64, 0.25]])
+    d = torch.tensor([[1 / 64, 0.5]])
+    boot = torch.tensor([[False, True]])
+    v_star = bootstrap_velocity(f, z, tau, d, torch.zeros(1, 2, dtype=torch.long), boot)
+    for zz, tt, dd in seen:  # frame 0 untouched in both passes
+        assert zz[0, 0].item() == 0.5 and tt[0, 0].item() == 58 / 64 and dd[0, 0].item() == 1 / 64
+    b1 = 0.5 * 1.25 + 0.25
+    v1 = (b1 - 0.5) / 0.75
+    z_mid = 0.5 + v1 * 0.25
+    v2 = (z_mid * 1.5 + 0.25 - z_mid) / 0.5
+    assert v_star[0, 1].item() == pytest.approx((v1 + v2) / 2)
+    err, is_flow, is_boot = shortcut_terms(f, z, z, tau, d, torch.zeros(1, 2, dtype=torch.long), d_min=1 / 64)
+    assert is_flow.tolist() == [[True, False]] and is_boot.tolist() == [[False, True]]
+    pred0 = 0.5 * (1 + 58 / 64) + 1 / 64
+    assert err[0, 0].item() == pytest.approx((pred0 - 0.5) ** 2)  # flow loss on the context frame
 
 
 def test_shift_actions():
