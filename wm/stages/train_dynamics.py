@@ -104,17 +104,21 @@ def evaluate_dynamics(model: Dynamics, tok: Tokenizer, clips: dict[str, torch.Te
 
     def run_k(k: int, future_prev: torch.Tensor, tag: str) -> None:
         gen.manual_seed(0)  # identical noise for every variant
+        n = future_prev.shape[1]
         zs = rollout(model, z[:, :c], prev[:, :c], future_prev, k, dyn.ctx_noise, generator=gen)
         pix = tok.decode(torch.cat([z[:, :c], zs], dim=1))[:, c:].clamp(0, 1)
-        steps = _psnr_by_step(pix, real)
+        steps = _psnr_by_step(pix, real[:, :n])
         out[f"psnr_h4/{tag}"] = steps[:4].mean().item()
-        out[f"psnr_h{h}/{tag}"] = steps.mean().item()
+        if n == h:
+            out[f"psnr_h{h}/{tag}"] = steps.mean().item()
         by_step[tag] = steps.tolist()
         out.setdefault("_pix", {})[tag] = pix
 
     ks = (1, 4, dyn.k_max) if full else (dyn.sample_steps,)
     for k in ks:
-        run_k(k, prev[:, c:], f"k{k}")
+        # K = k_max costs k_max network passes per frame: it is only needed for psnr_h4
+        n = min(4, h) if k == dyn.k_max and k != dyn.sample_steps else h
+        run_k(k, prev[:, c : c + n], f"k{k}")
     if full:
         run_k(dyn.sample_steps, prev[:, c:].roll(1, dims=0), f"k{dyn.sample_steps}_shuffled_actions")
         last = frames[:, c - 1 : c].expand_as(real)
@@ -164,8 +168,9 @@ def save_rollout_gif(real: torch.Tensor, imagined: torch.Tensor, path: Path, n: 
 def _write_plot(by_step: dict[str, list[float]], path: Path) -> None:
     keys = list(by_step)
     lines = ["step\t" + "\t".join(keys)]
-    for i in range(len(by_step[keys[0]])):
-        lines.append(f"{i + 1}\t" + "\t".join(f"{by_step[k][i]:.4f}" for k in keys))
+    for i in range(max(len(v) for v in by_step.values())):
+        lines.append(f"{i + 1}\t" + "\t".join(f"{by_step[k][i]:.4f}" if i < len(by_step[k]) else ""
+                                               for k in keys))
     write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
 
 
