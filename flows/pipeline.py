@@ -80,6 +80,17 @@ def markdown_report(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_stages(repo: Path, only: list[str] | None = None) -> list[dict[str, Any]]:
+    """Each DVC stage (or those in ``only``) as a task, in dvc.yaml order; collection retried."""
+    results = []
+    for stage in dvc_stages(repo):
+        if only and stage["name"] not in only:
+            continue
+        runner = transient_stage if stage["name"] in TRANSIENT_STAGES else stage_task
+        results.append(runner(str(repo), stage["name"], stage["metrics"]))
+    return results
+
+
 @flow(name="wm-pipeline", log_prints=True)
 def pipeline(repo: str = ".", preset: str | None = None, overrides: list[str] | None = None,
              stages: list[str] | None = None) -> list[dict[str, Any]]:
@@ -88,12 +99,7 @@ def pipeline(repo: str = ".", preset: str | None = None, overrides: list[str] | 
     if preset or overrides:
         cmd = [_bin("wm"), "compose", *(["--preset", preset] if preset else []), *(overrides or [])]
         subprocess.run(cmd, cwd=repo_path, env=_env(), check=True, capture_output=True)
-    results = []
-    for stage in dvc_stages(repo_path):
-        if stages and stage["name"] not in stages:
-            continue
-        runner = transient_stage if stage["name"] in TRANSIENT_STAGES else stage_task
-        results.append(runner(str(repo_path), stage["name"], stage["metrics"]))
+    results = run_stages(repo_path, stages)
     create_markdown_artifact(markdown_report(results), key="wm-pipeline-metrics",
                              description="metrics of every stage of this run")
     return results

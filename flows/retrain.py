@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from prefect import flow, get_run_logger, task
 
-from flows.pipeline import TRANSIENT_STAGES, _bin, _env, dvc_stages, stage_task, transient_stage
+from flows.pipeline import _bin, _env, run_stages
 from wm import retrain as rt
 
 
@@ -115,10 +115,7 @@ def retrain(repo: str = ".", preset: str | None = None, overrides: list[str] | N
             dvc_add(str(repo_path), paths)
             rt.mark_done(repo_path, state, "version")
         used_preset = _compose(repo_path, preset, overrides, state["warm"], steps_fraction)
-        stages = []
-        for stage in dvc_stages(repo_path):  # DVC skips what is done, re-runs what crashed
-            runner = transient_stage if stage["name"] in TRANSIENT_STAGES else stage_task
-            stages.append(runner(str(repo_path), stage["name"], stage["metrics"]))
+        stages = run_stages(repo_path)  # DVC skips what is done, re-runs what crashed
         metrics = json.loads((repo_path / "data/metrics/evaluate.json").read_text())
         current = rt.promoted(repo_path)
         verdict = rt.gate(metrics, current, tolerance)

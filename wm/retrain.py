@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from wm.atomic import atomic_dir, write_json_atomic
+from wm.data.shards import sha256_file
 
 RETRAIN_DIR = Path("data/retrain")
 COLLECTED_DIR = Path("data/collected")
@@ -145,12 +145,7 @@ def finish(repo: str | Path) -> None:
     (Path(repo) / RETRAIN_DIR / STATE_NAME).unlink(missing_ok=True)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256 = sha256_file  # the digest the shard manifests use
 
 
 def snapshot_warm(repo: str | Path, tag: str) -> dict[str, str]:
