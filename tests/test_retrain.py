@@ -153,3 +153,6 @@ def test_retrain_iteration_then_killed_iteration_keeps_previous_version(tmp_path
     assert set(rec2["warm_start"]) == {"tokenizer", "dynamics"}
     assert rec2["dataset"]["shards_manifest_sha256"] != rec1["dataset"]["shards_manifest_sha256"]
     assert not state.exists() and not (repo / "data/retrain/.lock").exists()
+    shown = subprocess.run(["wm", "inspect", "retrain", "--repo", str(repo)], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert shown.returncode == 0 and "iter_0001" in shown.stdout and "iter_0002" in shown.stdout, shown.stderr

@@ -5,6 +5,7 @@
     wm inspect checkpoint NAME [--rev REV]  # config, step, parameter count, metrics
     wm inspect diff REV_A [REV_B]           # metrics and manifest differences between two versions
     wm inspect fetch PATH --rev REV --out DIR   # any version's artifact, through DVC
+    wm inspect retrain                      # retraining iterations: dataset, gate, promoted or not
 
 Versions are git revisions: dvc.lock pins every artifact's hash, so a revision names a
 dataset and its checkpoints exactly; artifacts of other revisions come from the DVC cache or
@@ -22,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
-METRIC_FILES = ("collect", "shard", "tokenizer", "cache_latents", "dynamics")
+METRIC_FILES = ("collect", "shard", "tokenizer", "cache_latents", "dynamics", "agent", "imagine_rl", "evaluate")
 
 
 def _git(*args: str, cwd: str = ".") -> str:
@@ -66,13 +67,14 @@ def versions(repo: str = ".") -> list[dict[str, str]]:
 
 def cmd_versions(args: Any) -> dict[str, Any]:
     table = Table(title="dataset/checkpoint versions (commits that changed dvc.lock)")
-    for col in ("rev", "date", "frames", "mean return", "tokenizer psnr", "message"):
+    for col in ("rev", "date", "frames", "mean return", "tokenizer psnr", "return pmpo", "message"):
         table.add_column(col)
     rows = versions(args.repo)
     for v in rows:
         m = metrics_at(v["rev"], args.repo)
         table.add_row(v["rev"], v["date"], str(m.get("collect/frames", "-")),
-                      _fmt(m.get("collect/mean_return")), _fmt(m.get("tokenizer/val/psnr")), v["message"][:50])
+                      _fmt(m.get("collect/mean_return")), _fmt(m.get("tokenizer/val/psnr")),
+                      _fmt(m.get("evaluate/return/pmpo")), v["message"][:50])
     console.print(table)
     return {"versions": len(rows)}
 
@@ -204,6 +206,24 @@ def cmd_fetch(args: Any) -> dict[str, Any]:
     return {"out": args.out}
 
 
+def cmd_retrain(args: Any) -> dict[str, Any]:
+    from wm.retrain import promoted, records
+
+    rows = records(args.repo)
+    table = Table(title="retraining iterations (data/retrain/records)")
+    for col in ("iteration", "finished", "collected with", "new episodes", "train frames", "return pmpo",
+                "gate baseline", "promoted"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["tag"], r["finished"], r["collect_policy"], str(r["collect"].get("episodes", "-")),
+                      str(r["dataset"].get("train_frames", "-")), _fmt(r["gate"]["value"]),
+                      f"{_fmt(r['gate']['baseline'])} ({r['gate']['against']})", "yes" if r["promoted"] else "no")
+    console.print(table)
+    current = promoted(args.repo)
+    console.print(f"promoted policy: {current['tag'] + ' (' + current['sha256'][:12] + ')' if current else 'none yet'}")
+    return {"iterations": len(rows), "promoted": current["tag"] if current else None}
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("inspect", help="list/show/diff/fetch versioned datasets and checkpoints")
     isub = p.add_subparsers(dest="what", required=True)
@@ -236,3 +256,6 @@ def add_parser(sub: Any) -> None:
     q.add_argument("--rev", required=True)
     q.add_argument("--out", required=True)
     q.set_defaults(func=cmd_fetch)
+    q = isub.add_parser("retrain", help="retraining iterations and the promoted policy")
+    common(q)
+    q.set_defaults(func=cmd_retrain)
