@@ -55,18 +55,20 @@ def dvc_add(repo: str, paths: list[str]) -> None:
         _run([_bin("dvc"), "add", *paths], Path(repo), "dvc add")
 
 
-def _compose(repo: Path, preset: str | None, overrides: list[str], warm: dict[str, str],
-             steps_fraction: float) -> str:
+def _preset(repo: Path, preset: str | None) -> str:
+    """The given preset, else the one params.yaml was composed from."""
+    if preset is None:
+        current = yaml.safe_load((repo / "params.yaml").read_text()) if (repo / "params.yaml").exists() else {}
+        preset = (current or {}).get("preset_name", "default")
+    return preset
+
+
+def _compose(repo: Path, preset: str, overrides: list[str], warm: dict[str, str], steps_fraction: float) -> None:
     """params.yaml = preset + user overrides + this iteration's warm-start overrides."""
     from wm.config import compose, write_params
 
-    if preset is None:  # keep the preset params.yaml was composed from
-        current = yaml.safe_load((repo / "params.yaml").read_text()) if (repo / "params.yaml").exists() else {}
-        preset = current.get("preset_name", "default")
-    base = compose(preset, overrides)
-    extra = rt.warm_overrides(base, warm, steps_fraction)
+    extra = rt.warm_overrides(compose(preset, overrides), warm, steps_fraction)
     write_params(compose(preset, [*overrides, *extra]), repo / "params.yaml")
-    return preset
 
 
 def _git_commit(repo: Path, message: str) -> str | None:
@@ -94,6 +96,7 @@ def retrain(repo: str = ".", preset: str | None = None, overrides: list[str] | N
     logger = get_run_logger()
     repo_path = Path(repo).resolve()
     overrides = list(overrides or [])
+    used_preset = _preset(repo_path, preset)
     with rt.retrain_lock(repo_path):
         state = rt.start_or_resume(repo_path)
         tag, n = state["tag"], state["iteration"]
@@ -102,7 +105,7 @@ def retrain(repo: str = ".", preset: str | None = None, overrides: list[str] | N
         if "collect" not in state["done"]:
             from wm.config import compose
 
-            base_seed = compose(preset or "default", overrides)["collect"]["seed"]
+            base_seed = compose(used_preset, overrides)["collect"]["seed"]
             state["collect"] = collect_new(str(repo_path), tag, state["policy"], base_seed + 7919 * n, frames)
             rt.mark_done(repo_path, state, "collect")
         if "snapshot" not in state["done"]:
@@ -114,7 +117,7 @@ def retrain(repo: str = ".", preset: str | None = None, overrides: list[str] | N
                 paths.append(str(rt.RETRAIN_DIR / "warm" / tag))
             dvc_add(str(repo_path), paths)
             rt.mark_done(repo_path, state, "version")
-        used_preset = _compose(repo_path, preset, overrides, state["warm"], steps_fraction)
+        _compose(repo_path, used_preset, overrides, state["warm"], steps_fraction)
         stages = run_stages(repo_path)  # DVC skips what is done, re-runs what crashed
         metrics = json.loads((repo_path / "data/metrics/evaluate.json").read_text())
         current = rt.promoted(repo_path)
