@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+# piped or captured output gets wide tables instead of cells cut to fit 80 columns
+console = Console(width=None if sys.stdout.isatty() else 160)
 METRIC_FILES = ("collect", "shard", "tokenizer", "cache_latents", "dynamics", "agent", "imagine_rl", "evaluate")
 
 
