@@ -117,6 +117,27 @@ def test_resume_continues_exactly(tmp_path):
     assert [h["toy/train/loss"] for h in full.history[3:]] == [h["toy/train/loss"] for h in resumed.history]
 
 
+def test_init_from_warm_starts_a_fresh_run(tmp_path):
+    """train.init_from: the new run starts from the other run's weights, with step 0 and a fresh
+    optimizer; a missing checkpoint is a clear error."""
+    first = make_trainer(tmp_path / "a", TRAIN)
+    first.fit()
+    trained = {k: v.clone() for k, v in first.model.state_dict().items()}
+    warm_cfg = dataclasses.replace(TRAIN, steps=0, init_from=str(tmp_path / "a"))
+    warm = make_trainer(tmp_path / "b", warm_cfg)
+    warm.fit()
+    for k, v in warm.model.state_dict().items():
+        assert torch.equal(v, trained[k]), k
+    cold = make_trainer(tmp_path / "c", dataclasses.replace(TRAIN, steps=0))
+    cold.fit()
+    assert not all(torch.equal(v, trained[k]) for k, v in cold.model.state_dict().items())
+    one = make_trainer(tmp_path / "d", dataclasses.replace(TRAIN, steps=1, init_from=str(tmp_path / "a")))
+    one.fit()
+    assert load_checkpoint(tmp_path / "d" / "checkpoint.pt")["step"] == 1  # its own count, not 3 + 1
+    with pytest.raises(CheckpointError, match="init_from"):
+        make_trainer(tmp_path / "e", dataclasses.replace(TRAIN, init_from=str(tmp_path / "nope"))).fit()
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     def nan_at_3(model, batch):
         loss, logs = mse_loss(model, batch)

@@ -75,7 +75,7 @@ def bench_dynamics(cfg: Config, seconds: float, device: torch.device) -> tuple[d
 
     d, t = cfg.dynamics, cfg.tokenizer
     model = Dynamics(d, len(cfg.env.action_map), t.n_latents, t.latent_dim).to(device)
-    loss_fn = ShortcutLoss(d.k_max, d.context_frac, d.ctx_noise)
+    loss_fn = ShortcutLoss.from_config(d)
     opt = make_optimizer(model, d.train)
     batch = {"latents": torch.tanh(torch.randn(d.train.batch_size, d.short_len, t.n_latents, t.latent_dim,
                                                device=device)),

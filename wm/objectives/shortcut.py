@@ -32,6 +32,7 @@ import math
 import torch
 from torch import nn
 
+from wm.config import DynamicsConfig
 from wm.models.dynamics import NO_ACTION_INDEX, context_level, shift_actions
 
 
@@ -99,6 +100,10 @@ class ShortcutLoss(nn.Module):
         self.d_min = 1.0 / k_max
         self.context_frac = context_frac
         self.tau_ctx = context_level(ctx_noise, k_max)
+
+    @classmethod
+    def from_config(cls, dyn: DynamicsConfig) -> ShortcutLoss:
+        return cls(dyn.k_max, dyn.context_frac, dyn.ctx_noise)
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         z1 = batch["latents"].float()  # (B, T, L, dz)

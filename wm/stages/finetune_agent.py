@@ -61,7 +61,7 @@ class AgentLoss(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
-        self.shortcut = ShortcutLoss(cfg.dynamics.k_max, cfg.dynamics.context_frac, cfg.dynamics.ctx_noise)
+        self.shortcut = ShortcutLoss.from_config(cfg.dynamics)
         self.register_buffer("bins", make_bins(cfg.agent.bins))
 
     def forward(self, agent: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

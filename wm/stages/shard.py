@@ -88,7 +88,6 @@ def build_shards(
     return manifest
 
 
-
 def extra_sets(extra_dir: str) -> list[Path]:
     """The episode sets retraining added (sub-dirs with a manifest), in name order."""
     if not extra_dir or not Path(extra_dir).is_dir():

@@ -198,7 +198,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     run_config = to_dict(cfg)
     trainer = Trainer(
         name="dynamics", cfg=dyn.train, model_factory=lambda: build_dynamics(cfg, n_latents, latent_dim),
-        loss_fn=ShortcutLoss(dyn.k_max, dyn.context_frac, dyn.ctx_noise), data_factory=lambda info, skip: batch_schedule(cfg, info, skip),
+        loss_fn=ShortcutLoss.from_config(dyn), data_factory=lambda info, skip: batch_schedule(cfg, info, skip),
         out_dir=dyn.out_dir, run_config=run_config, live_dir=LIVE_DIR, evaluate=evaluate,
         shard_types=(Block,), compatible=_compatible(run_config),
     )
