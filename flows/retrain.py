@@ -25,6 +25,7 @@ from prefect import flow, get_run_logger, task
 
 from flows.pipeline import _bin, _env, run_stages
 from wm import retrain as rt
+from wm.config import compose, write_params
 
 
 def _run(cmd: list[str], repo: Path, what: str) -> subprocess.CompletedProcess:
@@ -63,12 +64,13 @@ def _preset(repo: Path, preset: str | None) -> str:
     return preset
 
 
-def _compose(repo: Path, preset: str, overrides: list[str], warm: dict[str, str], steps_fraction: float) -> None:
-    """params.yaml = preset + user overrides + this iteration's warm-start overrides."""
-    from wm.config import compose, write_params
-
-    extra = rt.warm_overrides(compose(preset, overrides), warm, steps_fraction)
-    write_params(compose(preset, [*overrides, *extra]), repo / "params.yaml")
+def _compose(repo: Path, preset: str, overrides: list[str], base: dict[str, Any], warm: dict[str, str],
+             steps_fraction: float) -> dict[str, Any]:
+    """params.yaml = preset + user overrides (``base``) + this iteration's warm-start overrides."""
+    extra = rt.warm_overrides(base, warm, steps_fraction)
+    params = compose(preset, [*overrides, *extra])
+    write_params(params, repo / "params.yaml")
+    return params
 
 
 def _git_commit(repo: Path, message: str) -> str | None:
@@ -97,16 +99,15 @@ def retrain(repo: str = ".", preset: str | None = None, overrides: list[str] | N
     repo_path = Path(repo).resolve()
     overrides = list(overrides or [])
     used_preset = _preset(repo_path, preset)
+    base = compose(used_preset, overrides)  # validates the overrides before anything runs
     with rt.retrain_lock(repo_path):
         state = rt.start_or_resume(repo_path)
         tag, n = state["tag"], state["iteration"]
         logger.info("%s iteration %d (%s), collecting with %s", "resuming" if state["resumed"] else "starting",
                     n, tag, state["policy"])
         if "collect" not in state["done"]:
-            from wm.config import compose
-
-            base_seed = compose(used_preset, overrides)["collect"]["seed"]
-            state["collect"] = collect_new(str(repo_path), tag, state["policy"], base_seed + 7919 * n, frames)
+            seed = base["collect"]["seed"] + 7919 * n
+            state["collect"] = collect_new(str(repo_path), tag, state["policy"], seed, frames)
             rt.mark_done(repo_path, state, "collect")
         if "snapshot" not in state["done"]:
             state["warm"] = rt.snapshot_warm(repo_path, tag)
@@ -117,17 +118,17 @@ def retrain(repo: str = ".", preset: str | None = None, overrides: list[str] | N
                 paths.append(str(rt.RETRAIN_DIR / "warm" / tag))
             dvc_add(str(repo_path), paths)
             rt.mark_done(repo_path, state, "version")
-        _compose(repo_path, used_preset, overrides, state["warm"], steps_fraction)
+        params = _compose(repo_path, used_preset, overrides, base, state["warm"], steps_fraction)
         stages = run_stages(repo_path)  # DVC skips what is done, re-runs what crashed
         metrics = json.loads((repo_path / "data/metrics/evaluate.json").read_text())
         current = rt.promoted(repo_path)
         verdict = rt.gate(metrics, current, tolerance)
         promoted_info = None
         if verdict["passed"]:
-            cfg = yaml.safe_load((repo_path / "params.yaml").read_text())
-            promoted_info = rt.promote(repo_path, cfg["rl"]["out_dir"], cfg["tokenizer"]["out_dir"], tag, verdict)
+            promoted_info = rt.promote(repo_path, params["rl"]["out_dir"], params["tokenizer"]["out_dir"], tag,
+                                       verdict)
         record = {
-            "iteration": n, "tag": tag, "started": state["started"], "finished": rt._now(),
+            "iteration": n, "tag": tag, "started": state["started"], "finished": rt.now(),
             "resumed": state["resumed"], "preset": used_preset, "overrides": overrides,
             "collect_policy": state["policy"], "collect": state.get("collect", {}),
             "warm_start": state["warm"], "steps_fraction": steps_fraction,

@@ -47,7 +47,7 @@ class RetrainLockedError(RuntimeError):
     """Another retrain run holds the lock."""
 
 
-def _now() -> str:
+def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
@@ -67,7 +67,7 @@ def retrain_lock(repo: str | Path) -> Iterator[Path]:
     that no longer runs on this host is taken over; a live one raises RetrainLockedError."""
     path = Path(repo) / RETRAIN_DIR / LOCK_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()}
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": now()}
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -129,7 +129,7 @@ def start_or_resume(repo: str | Path) -> dict[str, Any]:
         return state
     done = records(repo)
     n = (done[-1]["iteration"] + 1) if done else 1
-    state = {"iteration": n, "tag": iteration_tag(n), "started": _now(), "policy": collect_policy(repo),
+    state = {"iteration": n, "tag": iteration_tag(n), "started": now(), "policy": collect_policy(repo),
              "done": [], "resumed": False}
     write_json_atomic(path, state)
     return state
@@ -202,7 +202,7 @@ def promote(repo: str | Path, policy_dir: str | Path, tokenizer_dir: str | Path,
         (tmp / "tokenizer").mkdir()
         shutil.copy2(repo / tokenizer_dir / "checkpoint.pt", tmp / "tokenizer" / "checkpoint.pt")
     info = {"tag": tag, "gate_value": gate_result["value"], "metric": gate_result["metric"],
-            "sha256": sha256(repo / RETRAIN_DIR / PROMOTED_NAME / "checkpoint.pt"), "promoted_at": _now()}
+            "sha256": sha256(repo / RETRAIN_DIR / PROMOTED_NAME / "checkpoint.pt"), "promoted_at": now()}
     write_json_atomic(repo / RETRAIN_DIR / PROMOTED_JSON, info)
     return info
 
