@@ -1,3 +1,6 @@
+import dataclasses
+
+import pytest
 import torch
 
 from wm.models.agent import Agent
@@ -16,9 +19,10 @@ def test_mtp_targets_shift_and_mask():
     assert valid[0].tolist() == [[False, True], [True, True], [True, True]]
 
 
-def test_agent_tokens_do_not_change_dynamics_predictions(debug_cfg):
+@pytest.mark.parametrize("dyn_kw", [{}, {"pack": 2, "prev_input": True}])
+def test_agent_tokens_do_not_change_dynamics_predictions(debug_cfg, dyn_kw):
     torch.manual_seed(0)
-    dyn = Dynamics(debug_cfg.dynamics, n_actions=10, n_latents=4, latent_dim=3).eval()
+    dyn = Dynamics(dataclasses.replace(debug_cfg.dynamics, **dyn_kw), n_actions=10, n_latents=4, latent_dim=3).eval()
     agent = Agent(dyn, n_tasks=2, mtp=8, bins=41).eval()
     z = torch.randn(2, 5, 4, 3)
     tau = torch.rand(2, 5)

@@ -13,10 +13,14 @@ def dyn_cfg(debug_cfg):
     return debug_cfg.dynamics
 
 
-def make_model(dyn_cfg, **model_kw) -> Dynamics:
+def make_model(dyn_cfg, dyn_kw=None, **model_kw) -> Dynamics:
     torch.manual_seed(0)
     cfg = dataclasses.replace(dyn_cfg, model=dataclasses.replace(dyn_cfg.model, **model_kw)) if model_kw else dyn_cfg
+    cfg = dataclasses.replace(cfg, **dyn_kw) if dyn_kw else cfg
     return Dynamics(cfg, n_actions=10, n_latents=4, latent_dim=3).eval()
+
+
+VARIANTS = [None, {"pack": 2, "prev_input": True}, {"pack": 4}]
 
 
 def test_sample_shortcut_grid():
@@ -114,8 +118,9 @@ def test_loss_weights_and_backward(dyn_cfg):
     assert logs["dynamics/train/clip_len"] == 4
 
 
-def test_dynamics_is_block_causal(dyn_cfg):
-    model = make_model(dyn_cfg)
+@pytest.mark.parametrize("dyn_kw", VARIANTS)
+def test_dynamics_is_block_causal(dyn_cfg, dyn_kw):
+    model = make_model(dyn_cfg, dyn_kw)
     z = torch.randn(2, 5, 4, 3)
     tau = torch.rand(2, 5)
     d = torch.full((2,), 0.25)
@@ -134,8 +139,9 @@ def test_dynamics_is_block_causal(dyn_cfg):
 
 
 @pytest.mark.parametrize("steps", [1, 4])
-def test_kv_cached_sampling_equals_uncached(dyn_cfg, steps):
-    model = make_model(dyn_cfg)
+@pytest.mark.parametrize("dyn_kw", VARIANTS)
+def test_kv_cached_sampling_equals_uncached(dyn_cfg, steps, dyn_kw):
+    model = make_model(dyn_cfg, dyn_kw)
     ctx = torch.tanh(torch.randn(2, 3, 4, 3))
     prev_ctx = torch.randint(-1, 10, (2, 3))
     prev_future = torch.randint(0, 10, (2, 5))
@@ -146,6 +152,27 @@ def test_kv_cached_sampling_equals_uncached(dyn_cfg, steps):
     assert runs[0].shape == (2, 5, 4, 3)
     # float32, different association order of the same sums: agree to 1e-4
     torch.testing.assert_close(runs[0], runs[1], atol=1e-4, rtol=1e-4)
+
+
+def test_packing_and_previous_frame_input(dyn_cfg):
+    """pack: 4 latents -> 2 spatial tokens of 2 * 3 values, unpacked on output; prev_input:
+    frame t's tokens see frame t-1's input latents before any temporal block (none here:
+    time_every = 0 leaves frames independent except through that input)."""
+    model = make_model(dyn_cfg, {"pack": 2, "prev_input": True}, time_every=0)
+    assert model.tokens_per_step == 2 + 2 and model.latent_in.in_features == 6
+    z = torch.randn(1, 3, 4, 3)
+    tau, d, a = torch.rand(1, 3), torch.full((1,), 0.25), torch.randint(0, 10, (1, 3))
+    out = model(z, tau, d, a)
+    assert out.shape == z.shape
+    z2 = z.clone()
+    z2[:, 0] = torch.randn(4, 3)
+    out2 = model(z2, tau, d, a)
+    assert not torch.allclose(out[:, 1], out2[:, 1])  # frame 1 sees frame 0's latents
+    torch.testing.assert_close(out[:, 2], out2[:, 2])  # frame 2 only frame 1's
+    plain = make_model(dyn_cfg, {"pack": 2}, time_every=0)
+    torch.testing.assert_close(plain(z, tau, d, a)[:, 1], plain(z2, tau, d, a)[:, 1])
+    with pytest.raises(ValueError, match="pack=3 must divide"):
+        make_model(dyn_cfg, {"pack": 3})
 
 
 def test_kv_cache_with_sliding_window(dyn_cfg):

@@ -62,7 +62,7 @@ class NeuralPolicy:
 
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> int:
-        x = torch.from_numpy(np.ascontiguousarray(obs)).permute(2, 0, 1)[None, None].float() / 255.0
+        x = torch.from_numpy(np.array(obs, dtype=np.float32)).permute(2, 0, 1)[None, None] / 255.0  # own copy: obs may be read-only
         z = self.tokenizer.encode(x, cache=self._enc_cache)
         noisy = (1 - self.tau) * torch.randn(z.shape, generator=self._gen) + self.tau * z
         _, feat = self.agent(noisy, torch.full((1, 1), self.tau), torch.full((1,), self.d),

@@ -55,11 +55,11 @@ class Agent(nn.Module):
             return dyn(z_noisy, tau, d, prev_actions, cache=cache, update_cache=update_cache)
         b, t = tau.shape
         agent = (self.agent_token + self.task_embed(task))[:, None, None, :].expand(b, t, 1, -1)
-        tokens = dyn.tokens(z_noisy, tau, d, prev_actions, extra=agent)
+        tokens = dyn.tokens(z_noisy, tau, d, prev_actions, extra=agent, cache=cache, update_cache=update_cache)
         hidden = torch.zeros(tokens.shape[2], dtype=torch.bool, device=tokens.device)
         hidden[-1] = True
         h = dyn.transformer(tokens, hidden=hidden, cache=cache, update_cache=update_cache)
-        pred = dyn.latent_out(h[:, :, dyn.n_prefix : dyn.n_prefix + dyn.n_latents])
+        pred = dyn.readout(h)
         return pred, h[:, :, -1]
 
     def policy_logits(self, feat: torch.Tensor) -> torch.Tensor:

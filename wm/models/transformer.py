@@ -143,6 +143,7 @@ class KVCache:
     keys: dict[int, torch.Tensor] = field(default_factory=dict)
     values: dict[int, torch.Tensor] = field(default_factory=dict)
     pos: int = 0
+    state: dict[str, torch.Tensor] = field(default_factory=dict)  # model-specific per-frame state
 
     @property
     def length(self) -> int:
