@@ -19,7 +19,7 @@ def test_mtp_targets_shift_and_mask():
     assert valid[0].tolist() == [[False, True], [True, True], [True, True]]
 
 
-@pytest.mark.parametrize("dyn_kw", [{}, {"pack": 2, "prev_input": True}])
+@pytest.mark.parametrize("dyn_kw", [{"prev_input": False}, {"pack": 2, "prev_input": True}])
 def test_agent_tokens_do_not_change_dynamics_predictions(debug_cfg, dyn_kw):
     torch.manual_seed(0)
     dyn = Dynamics(dataclasses.replace(debug_cfg.dynamics, **dyn_kw), n_actions=10, n_latents=4, latent_dim=3).eval()

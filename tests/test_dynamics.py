@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from wm.models.dynamics import Dynamics, rollout, shift_actions
-from wm.objectives.shortcut import ShortcutLoss, bootstrap_velocity, sample_shortcut, shortcut_terms
+from wm.objectives.shortcut import ShortcutLoss, bootstrap_velocity, forcing_rows, sample_shortcut, shortcut_terms
 
 
 @pytest.fixture()
@@ -20,7 +20,7 @@ def make_model(dyn_cfg, dyn_kw=None, **model_kw) -> Dynamics:
     return Dynamics(cfg, n_actions=10, n_latents=4, latent_dim=3).eval()
 
 
-VARIANTS = [None, {"pack": 2, "prev_input": True}, {"pack": 4}]
+VARIANTS = [{"prev_input": False}, {"prev_input": True}, {"pack": 2, "prev_input": True}, {"pack": 4, "prev_input": False}]
 
 
 def test_sample_shortcut_grid():
@@ -44,6 +44,29 @@ def test_context_frames_sit_at_the_sampler_level():
     assert 0.45 < ctx.float().mean().item() < 0.55
     rest = ~ctx
     assert torch.allclose(tau[rest] / d[rest], (tau[rest] / d[rest]).round())  # the others stay on their grid
+
+
+def test_forcing_rows_are_next_frame_prediction():
+    torch.manual_seed(0)
+    tau, d = sample_shortcut(64, 8, 64, torch.device("cpu"), 0.5, 0.9)
+    t2, d2, w2 = forcing_rows(tau, d, 0.5, 0.9, 64)
+    redrawn = (t2 != tau).any(1) | (d2 != d).any(1)
+    kept = ~redrawn
+    assert 10 < int(redrawn.sum()) < 54  # about half the rows
+    forced = torch.zeros(64, dtype=torch.bool)
+    for i in range(64):  # a row is forced iff every frame sits at {0, tau_ctx} with d_min
+        forced[i] = bool(((t2[i] == 0) | (t2[i] == 0.9)).all() and (d2[i] == 1 / 64).all())
+    assert forced[redrawn].all()
+    f = forced
+    torch.testing.assert_close(w2[f], (t2[f] == 0).float())  # targets 1, context 0
+    torch.testing.assert_close(w2[kept], 0.9 * tau[kept] + 0.1)  # other rows: the paper's ramp
+    assert torch.equal(t2[kept], tau[kept]) and torch.equal(d2[kept], d[kept])
+    # off, or single frames (no past): the paper's levels and ramp
+    for frac, t in ((0.0, 8), (1.0, 1)):
+        tau1, d1 = sample_shortcut(4, t, 64, torch.device("cpu"))
+        t3, d3, w3 = forcing_rows(tau1, d1, frac, 0.9, 64)
+        assert torch.equal(t3, tau1) and torch.equal(d3, d1)
+        torch.testing.assert_close(w3, 0.9 * tau1 + 0.1)
 
 
 def test_bootstrap_keeps_context_frames_fixed():
@@ -112,7 +135,7 @@ def test_loss_weights_and_backward(dyn_cfg):
     model = make_model(dyn_cfg).train()
     batch = {"latents": torch.tanh(torch.randn(3, 4, 4, 3)), "actions": torch.randint(0, 10, (3, 4)),
              "action_free": torch.tensor([False, True, False])}
-    loss, logs = ShortcutLoss(dyn_cfg.k_max)(model, batch)
+    loss, logs = ShortcutLoss(dyn_cfg.k_max, 0.5, 0.1, forcing_frac=0.5)(model, batch)
     loss.backward()
     assert math.isfinite(loss.item()) and model.latent_in.weight.grad is not None
     assert logs["dynamics/train/clip_len"] == 4
@@ -169,7 +192,7 @@ def test_packing_and_previous_frame_input(dyn_cfg):
     out2 = model(z2, tau, d, a)
     assert not torch.allclose(out[:, 1], out2[:, 1])  # frame 1 sees frame 0's latents
     torch.testing.assert_close(out[:, 2], out2[:, 2])  # frame 2 only frame 1's
-    plain = make_model(dyn_cfg, {"pack": 2}, time_every=0)
+    plain = make_model(dyn_cfg, {"pack": 2, "prev_input": False}, time_every=0)
     torch.testing.assert_close(plain(z, tau, d, a)[:, 1], plain(z2, tau, d, a)[:, 1])
     with pytest.raises(ValueError, match="pack=3 must divide"):
         make_model(dyn_cfg, {"pack": 3})

@@ -152,6 +152,7 @@ class DynamicsConfig:
     train: TrainConfig
     out_dir: str
     context_frac: float = 0.0  # share of training frames drawn at the sampler's context level (paper: 0)
+    forcing_frac: float = 0.0  # share of clips drawn as next-frame prediction (context | pure noise) (paper: 0)
     pack: int = 1              # tokenizer latents per spatial token (the paper's S_z = n_latents / pack)
     prev_input: bool = False   # each latent token also sees the previous frame's latent at its slot (paper: no)
 

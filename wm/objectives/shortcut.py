@@ -10,6 +10,14 @@ forcing, Chen et al. 2024), term by term:
   the case the sampler actually meets (a nearly clean past, a noisy present) is seen often
   rather than in the ~1/64 of frames uniform tau gives it. These frames get the flow loss.
   d is therefore carried per frame, shape (B, T).
+- Forcing rows (``forcing_frac``, a stated deviation, 0 = the paper): that share of the batch's
+  clips (of length > 1) is drawn as next-frame prediction exactly as the sampler's first step
+  meets it: each frame is either context (tau_ctx) or a target at pure noise (tau = 0), with
+  probability 1/2 each, all at d = d_min; targets take the flow loss at weight 1, context frames
+  weight 0. The paper's ramp gives tau = 0 weight 0.1 and uniform levels reach "clean past,
+  pure-noise present" rarely, so on a small compute budget the model settles on copying the
+  last frame and ignores the actions; these rows teach the conditional next frame directly,
+  and the bootstrap chain carries it to the coarse steps the K = 4 sampler takes.
 - Corruption. z~ = (1 - tau) * z0 + tau * z1 with z0 ~ N(0, I), z1 the clean latents
   (tau = 0 pure noise, tau = 1 clean).
 - X-prediction. The network outputs z^1 = f(z~, tau, d, actions); its implied velocity is
@@ -21,7 +29,7 @@ forcing, Chen et al. 2024), term by term:
   target v* = (v1 + v2) / 2, loss (1 - tau)^2 ||v^ - v*||^2 (the velocity error scaled back
   to x-space units, so both losses are comparable). Frames with d = d_min stay as they are
   during the two half steps (they are the past the bootstrapped frames are conditioned on).
-- Weight w(tau) = 0.9 tau + 0.1: frames closer to clean count more.
+- Weight w(tau) = 0.9 tau + 0.1: frames closer to clean count more (forcing rows: see above).
 Sampling with K steps uses d = 1/K from tau = 0 (``wm/models/dynamics.py: rollout``).
 """
 
@@ -50,6 +58,23 @@ def sample_shortcut(batch: int, time: int, k_max: int, device: torch.device, con
         tau = torch.where(ctx, torch.full_like(tau, tau_ctx), tau)
         d = torch.where(ctx, torch.full_like(d, 1.0 / k_max), d)
     return tau, d
+
+
+def forcing_rows(tau: torch.Tensor, d: torch.Tensor, frac: float, tau_ctx: float,
+                 k_max: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Redraw a ``frac`` share of the rows as next-frame prediction: each frame context (tau_ctx)
+    or target (tau = 0) with probability 1/2, d = d_min. Returns tau, d and the loss weight
+    (B, T): targets 1, context frames 0, other rows the ramp 0.9 tau + 0.1."""
+    b, t = tau.shape
+    weight = 0.9 * tau + 0.1
+    if frac <= 0 or t < 2:
+        return tau, d, weight
+    rows = (torch.rand(b, device=tau.device) < frac)[:, None]
+    target = torch.rand(b, t, device=tau.device) < 0.5
+    tau = torch.where(rows, torch.where(target, torch.zeros_like(tau), torch.full_like(tau, tau_ctx)), tau)
+    d = torch.where(rows, torch.full_like(d, 1.0 / k_max), d)
+    weight = torch.where(rows, target.to(weight.dtype), weight)
+    return tau, d, weight
 
 
 def bootstrap_velocity(model: nn.Module, z_t: torch.Tensor, tau: torch.Tensor, d: torch.Tensor,
@@ -94,16 +119,17 @@ def shortcut_terms(model: nn.Module, z1: torch.Tensor, z0: torch.Tensor, tau: to
 class ShortcutLoss(nn.Module):
     """``(model, batch) -> (loss, logs)`` for batches of latent clips."""
 
-    def __init__(self, k_max: int, context_frac: float = 0.0, ctx_noise: float = 0.1):
+    def __init__(self, k_max: int, context_frac: float = 0.0, ctx_noise: float = 0.1, forcing_frac: float = 0.0):
         super().__init__()
         self.k_max = k_max
         self.d_min = 1.0 / k_max
         self.context_frac = context_frac
+        self.forcing_frac = forcing_frac
         self.tau_ctx = context_level(ctx_noise, k_max)
 
     @classmethod
     def from_config(cls, dyn: DynamicsConfig) -> ShortcutLoss:
-        return cls(dyn.k_max, dyn.context_frac, dyn.ctx_noise)
+        return cls(dyn.k_max, dyn.context_frac, dyn.ctx_noise, dyn.forcing_frac)
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         z1 = batch["latents"].float()  # (B, T, L, dz)
@@ -114,9 +140,9 @@ class ShortcutLoss(nn.Module):
         # a single frame has no past to be context for: it always gets a level of its own
         frac = self.context_frac if t > 1 else 0.0
         tau, d = sample_shortcut(b, t, self.k_max, z1.device, frac, self.tau_ctx)
+        tau, d, weight = forcing_rows(tau, d, self.forcing_frac, self.tau_ctx, self.k_max)
         z0 = torch.randn_like(z1)
         err, is_flow, boot = shortcut_terms(model, z1, z0, tau, d, prev, self.d_min)
-        weight = 0.9 * tau + 0.1
         loss = (weight * err).mean()
         logs = {"dynamics/train/loss": loss.item(), "dynamics/train/clip_len": float(t)}
         if is_flow.any():
