@@ -57,8 +57,7 @@ def test_forcing_rows_are_next_frame_prediction():
     for i in range(64):  # a row is forced iff every frame sits at {0, tau_ctx} with d_min
         forced[i] = bool(((t2[i] == 0) | (t2[i] == 0.9)).all() and (d2[i] == 1 / 64).all())
     assert forced[redrawn].all()
-    f = forced
-    torch.testing.assert_close(w2[f], (t2[f] == 0).float())  # targets 1, context 0
+    torch.testing.assert_close(w2[forced], (t2[forced] == 0).float())  # targets 1, context 0
     torch.testing.assert_close(w2[kept], 0.9 * tau[kept] + 0.1)  # other rows: the paper's ramp
     assert torch.equal(t2[kept], tau[kept]) and torch.equal(d2[kept], d[kept])
     # off, or single frames (no past): the paper's levels and ramp
