@@ -84,3 +84,17 @@ def test_real_and_imagined_envs_pass_the_same_api_test(debug_cfg):
     o1 = imagined.step([1, 2])[0]
     imagined.reset(seed=5)
     assert (imagined.step([1, 2])[0] == o1).all()
+
+    # the reward rate is the mean of the rewards the env returns for those seeds and actions
+    from wm.envs.imagined import imagined_reward_rate
+
+    act = lambda feat: torch.arange(feat.shape[0]) % n_actions  # noqa: E731
+    manual = []
+    for seed in (7, 8):
+        _, info = imagined.reset(seed=seed)
+        for _ in range(imagined.max_steps):
+            _, r, _, _, info = imagined.step(act(info["features"]))
+            manual.extend(r.tolist())
+    assert imagined_reward_rate(imagined, act, [7, 8]) == pytest.approx(sum(manual) / len(manual), rel=1e-6)
+    with pytest.raises(ValueError, match="at least one seed"):
+        imagined_reward_rate(imagined, act, [])

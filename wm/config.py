@@ -193,6 +193,7 @@ class EvalConfig:
     seed: int
     workers: int
     video_frames: int
+    imagined_episodes: int = 64  # the same policies inside the world model (0: skip), rl.horizon steps each
 
 
 @dataclass(frozen=True)

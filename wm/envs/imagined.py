@@ -11,7 +11,7 @@ episodes end by truncation after ``max_steps``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -112,3 +112,21 @@ class ImaginedEnv:
         terminated = np.zeros(n, bool)
         truncated = np.full(n, self._t >= self.max_steps)
         return obs, reward.cpu().numpy(), terminated, truncated, {"latents": z[:, -1], "features": feat[:, -1]}
+
+
+@torch.no_grad()
+def imagined_reward_rate(env: ImaginedEnv, act: Callable[[torch.Tensor], torch.Tensor], seeds: Iterable[int]) -> float:
+    """Mean reward per step the world model predicts for a policy ``act(features) -> actions``
+    over ``len(seeds)`` batches of ``env.num_envs`` imagined episodes of ``env.max_steps`` steps.
+    Read beside the same policy's real reward per step: the gap says how well imagination, where
+    the policy learns, prices what it does."""
+    total, steps = 0.0, 0
+    for seed in seeds:
+        _, info = env.reset(seed=seed)
+        for _ in range(env.max_steps):
+            _, reward, _, _, info = env.step(act(info["features"]))
+            total += float(np.sum(reward))
+            steps += env.num_envs
+    if steps == 0:
+        raise ValueError("imagined_reward_rate needs at least one seed and one step")
+    return total / steps

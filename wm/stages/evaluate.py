@@ -3,8 +3,14 @@
 Random (uniform over the action map), behaviour cloning (the finetuned agent's policy head)
 and PMPO (after imagination RL) each play ``eval.episodes`` episodes with the same seeds.
 Reported: mean return with a 95% confidence interval (Student t), episode length, a bar plot
-(``data/eval/returns.png``) and a GIF of a PMPO episode (``data/eval/pmpo_episode.gif``).
+(``data/eval/returns.png``; ``data/eval/reward_per_step.png`` for the imagination check below) and a GIF of a PMPO episode (``data/eval/pmpo_episode.gif``).
 Episodes run in ``eval.workers`` processes, each holding its own emulator and policy copy.
+
+The imagination check: the same three policies also act inside the world model (the PMPO
+checkpoint's frozen transformer and reward head, ``eval.imagined_episodes`` episodes of
+``rl.horizon`` steps from held-out latent contexts), and the reward per step they earn there is
+written beside their real reward per step. Imagination RL can only improve the real return
+as far as imagination prices the policies as the game does; these figures show where it does not.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from wm.config import Config, EnvConfig
 
 METRICS_PATH = Path("data/metrics/evaluate.json")
 PLOT_PATH = Path("data/eval/returns.png")
+RATE_PLOT_PATH = Path("data/eval/reward_per_step.png")
 VIDEO_PATH = Path("data/eval/pmpo_episode.gif")
 
 _STATE: dict[str, Any] = {}
@@ -62,23 +69,25 @@ def play(env_cfg: EnvConfig, policy: str, seeds: list[int], workers: int, tokeni
         return sorted(pool.map(_episode, seeds))
 
 
-def bar_plot(results: dict[str, dict[str, float]], path: Path) -> None:
-    w, h, pad = 480, 300, 40
+def bar_plot(results: dict[str, dict[str, float]], path: Path, title: str = "real-game return (mean, 95% CI)",
+             fmt: str = ".0f") -> None:
+    h, pad = 300, 40
+    w = max(480, 2 * pad + 90 * len(results))
     img = Image.new("RGB", (w, h), "white")
     draw = ImageDraw.Draw(img)
-    top = max(r["mean"] + (r["ci95"] if math.isfinite(r["ci95"]) else 0) for r in results.values()) or 1.0
+    top = max([r["mean"] + (r["ci95"] if math.isfinite(r["ci95"]) else 0) for r in results.values()] + [0.0]) or 1.0
     bw = (w - 2 * pad) // (2 * len(results))
     for i, (name, r) in enumerate(results.items()):
         x = pad + (2 * i + 0.5) * bw
-        y = h - pad - (h - 2 * pad) * r["mean"] / top
+        y = h - pad - (h - 2 * pad) * max(r["mean"], 0.0) / top
         draw.rectangle([x, y, x + bw, h - pad], fill=(70, 110, 200))
         if math.isfinite(r["ci95"]):
             lo = h - pad - (h - 2 * pad) * (r["mean"] - r["ci95"]) / top
             hi = h - pad - (h - 2 * pad) * (r["mean"] + r["ci95"]) / top
             draw.line([x + bw / 2, lo, x + bw / 2, hi], fill="black", width=2)
         draw.text((x, h - pad + 5), name, fill="black")
-        draw.text((x, y - 14), f"{r['mean']:.0f}", fill="black")
-    draw.text((pad, 10), "real-game return (mean, 95% CI)", fill="black")
+        draw.text((x, y - 14), format(r["mean"], fmt), fill="black")
+    draw.text((pad, 10), title, fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
 
@@ -92,6 +101,36 @@ def record_gif(env_cfg: EnvConfig, policy: str, seed: int, tokenizer_dir: str, p
               for f in ep.frames[:max_frames]]
     path.parent.mkdir(parents=True, exist_ok=True)
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=66, loop=0)
+
+
+def imagined_rates(cfg: Config) -> dict[str, float]:
+    """Reward per step of the random, BC and PMPO policies inside the world model."""
+    import torch
+
+    from wm.data.shards import make_clip_loader
+    from wm.envs.imagined import ImaginedEnv, imagined_reward_rate
+    from wm.envs.neural_policy import load_agent
+
+    e, r = cfg.eval, cfg.rl
+    world, _ = load_agent(cfg.rl.out_dir)  # the transformer and reward head PMPO learned in
+    bc, _ = load_agent(cfg.agent.out_dir)  # same frozen features, the behaviour-cloned head
+    gen = torch.Generator()
+
+    def sampled(logits_fn: Any) -> Any:
+        return lambda feat: torch.multinomial(logits_fn(feat)[:, 0].softmax(-1), 1, generator=gen).squeeze(-1)
+
+    acts = {"random": lambda feat: torch.randint(0, world.n_actions, (feat.shape[0],), generator=gen),
+            "bc": sampled(bc.policy_logits), "pmpo": sampled(world.policy_logits)}
+    seeds = [e.seed + i for i in range(math.ceil(e.imagined_episodes / r.num_envs))]
+    rates = {}
+    for name, act in acts.items():  # identical contexts and noise for every policy
+        contexts = iter(make_clip_loader(cfg.latents.out_dir, "val", r.context, r.num_envs, shuffle=False,
+                                         infinite=True))
+        env = ImaginedEnv(world, lambda _seed: next(contexts), r.num_envs, steps=cfg.dynamics.sample_steps,
+                          ctx_noise=cfg.dynamics.ctx_noise, max_steps=r.horizon, bins=world.bins)
+        gen.manual_seed(e.seed)
+        rates[name] = imagined_reward_rate(env, act, seeds)
+    return rates
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -109,6 +148,14 @@ def run(cfg: Config) -> dict[str, Any]:
         metrics[f"return/{name}"] = results[name]["mean"]
         metrics[f"ci95/{name}"] = results[name]["ci95"]
         metrics[f"length/{name}"] = float(np.mean(lengths))
+        metrics[f"reward_per_step/real/{name}"] = float(np.sum(returns) / max(np.sum(lengths), 1))
+    if e.imagined_episodes > 0:
+        rates: dict[str, dict[str, float]] = {}
+        for name, rate in imagined_rates(cfg).items():
+            metrics[f"reward_per_step/imagined/{name}"] = rate
+            rates[f"{name} real"] = {"mean": metrics[f"reward_per_step/real/{name}"], "ci95": float("nan")}
+            rates[f"{name} imag."] = {"mean": rate, "ci95": float("nan")}
+        bar_plot(rates, RATE_PLOT_PATH, "reward per step: real game vs inside the world model", ".3f")
     bar_plot(results, PLOT_PATH)
     record_gif(cfg.env, policies["pmpo"], seeds[0], cfg.tokenizer.out_dir, VIDEO_PATH, e.video_frames)
     metrics["pmpo_over_random"] = metrics["return/pmpo"] / max(metrics["return/random"], 1e-9)
