@@ -3,14 +3,15 @@
 Random (uniform over the action map), behaviour cloning (the finetuned agent's policy head)
 and PMPO (after imagination RL) each play ``eval.episodes`` episodes with the same seeds.
 Reported: mean return with a 95% confidence interval (Student t), episode length, a bar plot
-(``data/eval/returns.png``; ``data/eval/reward_per_step.png`` for the imagination check below) and a GIF of a PMPO episode (``data/eval/pmpo_episode.gif``).
+(``data/eval/returns.png``) and a GIF of a PMPO episode (``data/eval/pmpo_episode.gif``).
 Episodes run in ``eval.workers`` processes, each holding its own emulator and policy copy.
 
 The imagination check: the same three policies also act inside the world model (the PMPO
 checkpoint's frozen transformer and reward head, ``eval.imagined_episodes`` episodes of
 ``rl.horizon`` steps from held-out latent contexts), and the reward per step they earn there is
-written beside their real reward per step. Imagination RL can only improve the real return
-as far as imagination prices the policies as the game does; these figures show where it does not.
+written beside their real reward per step (plot: ``data/eval/reward_per_step.png``). Imagination
+RL can only improve the real return as far as imagination prices the policies as the game does;
+these figures show where it does not.
 """
 
 from __future__ import annotations
