@@ -88,13 +88,16 @@ def test_real_and_imagined_envs_pass_the_same_api_test(debug_cfg):
     # the reward rate is the mean of the rewards the env returns for those seeds and actions
     from wm.envs.imagined import imagined_reward_rate
 
-    act = lambda feat: torch.arange(feat.shape[0]) % n_actions  # noqa: E731
+    torch.nn.init.normal_(agent.reward_head[-1].weight)  # zero-initialised: give it something to say
+    act = lambda feat, t: (torch.arange(feat.shape[0]) + t) % n_actions  # noqa: E731
     manual = []
     for seed in (7, 8):
         _, info = imagined.reset(seed=seed)
-        for _ in range(imagined.max_steps):
-            _, r, _, _, info = imagined.step(act(info["features"]))
+        for t in range(imagined.max_steps):
+            _, r, _, _, info = imagined.step(act(info["features"], t))
             manual.extend(r.tolist())
+            assert ((info["continue"] > 0) & (info["continue"] < 1)).all()
+    assert len(set(manual)) > 1
     assert imagined_reward_rate(imagined, act, [7, 8]) == pytest.approx(sum(manual) / len(manual), rel=1e-6)
     with pytest.raises(ValueError, match="at least one seed"):
         imagined_reward_rate(imagined, act, [])

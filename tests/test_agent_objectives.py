@@ -18,13 +18,32 @@ def test_twohot_round_trip():
     enc = twohot_encode(y, bins)
     assert torch.allclose(enc.sum(-1), torch.ones(len(y)))
     assert ((enc > 0).sum(-1) <= 2).all()  # at most two neighbouring bins
-    decoded = symexp((enc * bins).sum(-1))
-    torch.testing.assert_close(decoded, y, rtol=1e-4, atol=1e-4)
+    decoded = (enc * bins).sum(-1)  # real-space bins: the two-hot expectation is the target itself
+    torch.testing.assert_close(decoded, y.clamp(bins[0], bins[-1]), rtol=1e-4, atol=1e-4)
+    assert bins[len(bins) // 2] == 0 and torch.all(bins[1:] > bins[:-1])
+    torch.testing.assert_close(bins[-1], symexp(torch.tensor(6.0)))
     # logits equal to log two-hot weights decode back too (the head's optimum)
     logits = torch.log(enc.clamp_min(1e-12))
-    torch.testing.assert_close(twohot_decode(logits, bins), y, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(twohot_decode(logits, bins), y.clamp(bins[0], bins[-1]), rtol=1e-3, atol=1e-3)
     # the loss is minimised by the matching distribution
     assert (twohot_loss(logits, y, bins) < twohot_loss(torch.zeros_like(logits), y, bins)).all()
+
+
+def test_twohot_calibrated_for_a_sparse_reward():
+    """A head trained on a 0/20 reward with p = 0.02 decodes to 20 p = 0.4 (the symlog-space decode
+    of earlier versions gave 21^p - 1 = 0.063)."""
+    bins = make_bins(255)
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.zeros(255, requires_grad=True)  # one state, a zero-initialised output layer
+    opt = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(1500):
+        y = 20.0 * (torch.rand(512, generator=gen) < 0.02).float()
+        loss = twohot_loss(logits.expand(512, -1), y, bins).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert twohot_decode(logits.detach(), bins).item() == pytest.approx(0.4, abs=0.02)
+    assert twohot_decode(torch.zeros(255), bins).item() == pytest.approx(0.0, abs=1e-4)  # symmetric at init
 
 
 def test_lambda_returns_hand_computed():

@@ -69,6 +69,7 @@ STAGES = {
     "finetune-agent": ("finetune_agent", True),
     "imagine-rl": ("imagine_rl", True),
     "evaluate": ("evaluate", False),
+    "action-modes": ("action_modes", False),
 }
 
 

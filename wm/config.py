@@ -39,6 +39,10 @@ class EnvConfig:
     width: int
     max_episode_steps: int
     action_map: list[list[str]]
+    fire_mode: str           # hold: the map's buttons for the whole frameskip | tap: `tap_buttons` only on its first frame
+    tap_buttons: list[str]   # buttons that act on a new press (Airstriker: B fires on the press, not while held)
+    maxpool: bool            # observation = max over the last two emulator frames (flickering sprites)
+    noop_max: int            # reset plays U{0..noop_max} no-op agent steps (varied starts; 0: off)
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,10 @@ class AgentConfig:
     reward_weight: float
     dynamics_weight: float   # the dynamics loss continues during finetuning
     eval_batches: int
+    head_rows: int           # transitions (x head_draws) the reward/continuation heads are fitted on
+    head_draws: int          # context-noise draws per transition
+    head_steps: int          # Adam steps of the heads on the frozen features
+    probe_steps: int         # Adam steps of each probe (latents, pixels)
     train: TrainConfig
     out_dir: str
 
@@ -180,6 +188,10 @@ class RLConfig:
     lam: float               # paper: 0.95
     alpha: float             # PMPO weight of the positive set (paper: 0.5)
     beta: float              # reverse KL to the behaviour-cloned prior (paper: 0.3)
+    value_warmup: int        # value-only iterations before the first policy step
+    center: bool             # centre advantages per imagined step over the batch
+    guard_low: float         # skip the policy step when the positive-advantage share leaves [low, high]
+    guard_high: float
     grad_clip: float
     log_every: int
     seed: int

@@ -3,7 +3,9 @@
 Time convention, used everywhere downstream: ``frames[t]`` is what the agent saw before
 choosing ``actions[t]``; ``rewards[t]`` and ``terminals[t]`` are what that action caused.
 The observation after the last action is not stored. Action-free data (imported video)
-has ``actions == -1`` and ``action_free == True``.
+has ``actions == -1`` and ``action_free == True``. ``lives[t]`` is the lives left after
+``actions[t]`` (-1: the game reports none); ``continues()`` turns it into the continuation
+target the agent's continuation head learns: 0 where a step lost a life or ended the game.
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ class Episode:
     rewards: np.ndarray  # (T,) float32
     terminals: np.ndarray  # (T,) bool: the game ended after this step
     meta: dict[str, Any] = field(default_factory=dict)
+    lives: np.ndarray | None = None  # (T,) int16 lives left after each step; None -> -1 (unknown)
 
     def __post_init__(self) -> None:
         n = len(self.frames)
-        for name in ("actions", "buttons", "rewards", "terminals"):
+        if self.lives is None:
+            self.lives = np.full(n, -1, np.int16)
+        for name in ("actions", "buttons", "rewards", "terminals", "lives"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"episode field {name} has {len(getattr(self, name))} steps, frames have {n}")
         if self.frames.dtype != np.uint8 or self.frames.ndim != 4 or self.frames.shape[-1] != 3:
@@ -43,6 +48,19 @@ class Episode:
     @property
     def ret(self) -> float:
         return float(self.rewards.sum())
+
+    def continues(self) -> np.ndarray:
+        """(T,) float32: 0 where step t lost a life or ended the game, else 1."""
+        return continuation(self.lives, self.terminals)
+
+
+def continuation(lives: np.ndarray, terminals: np.ndarray) -> np.ndarray:
+    """Continuation targets from lives left after each step (-1 = unknown) and terminals:
+    0 where step t lost a life (lives[t] < lives[t-1]) or ended the game, else 1."""
+    lives = np.asarray(lives).astype(np.int64)
+    before = np.concatenate([lives[:1], lives[:-1]])
+    lost = (lives < before) & (before >= 0) & (lives >= 0)
+    return (~(lost | np.asarray(terminals, bool))).astype(np.float32)
 
 
 @dataclass
@@ -73,7 +91,7 @@ def save_episode(ep: Episode, path: Path, compresslevel: int = 1) -> None:
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel) as zf:
-        for name in _ARRAYS:
+        for name in (*_ARRAYS, "lives"):
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.ascontiguousarray(getattr(ep, name)), allow_pickle=False)
             zf.writestr(f"{name}.npy", buf.getvalue())
@@ -86,6 +104,8 @@ def load_episode(path: Path) -> Episode:
     try:
         with zipfile.ZipFile(path) as zf:
             arrays = {n: np.lib.format.read_array(io.BytesIO(zf.read(f"{n}.npy")), allow_pickle=False) for n in _ARRAYS}
+            if "lives.npy" in zf.namelist():  # episodes written before lives were stored have none
+                arrays["lives"] = np.lib.format.read_array(io.BytesIO(zf.read("lives.npy")), allow_pickle=False)
             meta = json.loads(zf.read("meta.json"))
     except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as err:
         raise ValueError(f"corrupt or unreadable episode file {path}: {err}") from err

@@ -9,7 +9,9 @@ On disk (``shard.out_dir``)::
 
 A sample (key ``ep000012_c0003``) holds ``frames.npz`` (T, H, W, 3) uint8 (lossless, deflate),
 ``actions.npy`` (T,) int64 (-1 = no action), ``buttons.npy`` (T, n_buttons) uint8,
-``rewards.npy`` (T,) float32, ``terminals.npy`` (T,) bool and ``meta.json``. Any WebDataset
+``rewards.npy`` (T,) float32, ``terminals.npy`` (T,) bool, ``continues.npy`` (T,) float32
+(0 where the step lost a life or ended the game; from the whole episode, so exact at chunk
+starts) and ``meta.json``. Any WebDataset
 reader can open them (``wds.WebDataset(url).decode()``); ``ClipDataset`` below is ours:
 it verifies hashes, names the file on any corruption, cuts fixed-length clips, shuffles,
 and splits samples across DDP ranks and DataLoader workers.
@@ -71,6 +73,7 @@ def chunk_bounds(length: int, chunk_len: int) -> list[tuple[int, int]]:
 
 
 def episode_samples(ep: Episode, index: int, chunk_len: int, level: int) -> Iterator[dict[str, Any]]:
+    cont = ep.continues()
     for c, (s, e) in enumerate(chunk_bounds(len(ep), chunk_len)):
         meta = {k: v for k, v in ep.meta.items() if isinstance(v, (str, int, float, bool, type(None), list))}
         meta.update(episode=index, chunk=c, start=s, length=e - s)
@@ -81,6 +84,7 @@ def episode_samples(ep: Episode, index: int, chunk_len: int, level: int) -> Iter
             "buttons.npy": _npy(ep.buttons[s:e].astype(np.uint8)),
             "rewards.npy": _npy(ep.rewards[s:e].astype(np.float32)),
             "terminals.npy": _npy(ep.terminals[s:e].astype(bool)),
+            "continues.npy": _npy(cont[s:e]),
             "meta.json": json.dumps(meta).encode(),
         }
 
@@ -186,7 +190,7 @@ def _decode(key: str, files: dict[str, bytes], path: Path) -> dict[str, Any]:
         if "frames.npz" in files:
             with zipfile.ZipFile(io.BytesIO(files["frames.npz"])) as zf:
                 out["frames"] = np.lib.format.read_array(io.BytesIO(zf.read("frames.npy")), allow_pickle=False)
-        for name in ("latents", "actions", "buttons", "rewards", "terminals"):
+        for name in ("latents", "actions", "buttons", "rewards", "terminals", "continues"):
             if f"{name}.npy" in files:
                 out[name] = np.lib.format.read_array(io.BytesIO(files[f"{name}.npy"]), allow_pickle=False)
         if "frames" not in out and "latents" not in out:
@@ -194,6 +198,8 @@ def _decode(key: str, files: dict[str, bytes], path: Path) -> dict[str, Any]:
         for name in ("actions", "rewards", "terminals"):
             if name not in out:
                 raise KeyError(f"{name}.npy")
+        if "continues" not in out:  # shards written before continuation targets were stored
+            out["continues"] = (~out["terminals"].astype(bool)).astype(np.float32)
     except (KeyError, ValueError, zipfile.BadZipFile, EOFError, OSError) as err:
         raise ShardError(f"corrupt sample '{key}' in shard {path}: {err!r}") from err
     return out
@@ -247,7 +253,7 @@ class ClipDataset(IterableDataset):
     never overlap and together cover the data. ``shards`` pairs each file with its sample count
     (from the manifest). Each item: ``key`` ("<sample key>@<offset>"), ``frames`` (T, 3, H, W) uint8
     (frame shards) or ``latents`` (T, L, dz) float32 (latent shards), ``actions`` (T,) int64,
-    ``rewards`` (T,) float32, ``terminals`` (T,) bool, ``action_free`` bool.
+    ``rewards`` (T,) float32, ``terminals`` (T,) bool, ``continues`` (T,) float32, ``action_free`` bool.
     """
 
     def __init__(
@@ -306,6 +312,7 @@ class ClipDataset(IterableDataset):
                         "actions": torch.from_numpy(sample["actions"][sl].astype(np.int64)),
                         "rewards": torch.from_numpy(sample["rewards"][sl].astype(np.float32)),
                         "terminals": torch.from_numpy(sample["terminals"][sl].astype(bool)),
+                        "continues": torch.from_numpy(sample["continues"][sl].astype(np.float32)),
                         "action_free": bool(sample["meta"].get("action_free", False)),
                     }
             position += count

@@ -4,9 +4,10 @@
 imagined episodes from real context clips, ``step(actions)`` generates the next frame of each
 with the K-step shortcut sampler and the KV cache, and returns rewards from the agent's reward
 head. Observations are decoded frames (N, H, W, 3) uint8, as the real env returns; ``info``
-carries the latents and the agent features, which is what imagination RL actually uses (pass
-``decode=False`` to skip pixels). The world model has no termination head yet: imagined
-episodes end by truncation after ``max_steps``.
+carries the latents, the agent features (what imagination RL actually uses) and ``continue``,
+the continuation head's probability that the step lost no life and did not end the game.
+Imagined episodes are not cut by it (imagination RL discounts returns by it instead); they end
+by truncation after ``max_steps``.
 """
 
 from __future__ import annotations
@@ -106,25 +107,28 @@ class ImaginedEnv:
             z = z + (pred - z) * (d / (1 - tau))
         feat = self._observe(z, a)
         reward = twohot_decode(self.agent.reward_logits(feat)[:, -1, 0], self.bins)
+        cont = torch.sigmoid(self.agent.cont_logit(feat)[:, -1])
         self._t += 1
         self._z = z
         obs = self._render(z)
         terminated = np.zeros(n, bool)
         truncated = np.full(n, self._t >= self.max_steps)
-        return obs, reward.cpu().numpy(), terminated, truncated, {"latents": z[:, -1], "features": feat[:, -1]}
+        return obs, reward.cpu().numpy(), terminated, truncated, {"latents": z[:, -1], "features": feat[:, -1],
+                                                                  "continue": cont}
 
 
 @torch.no_grad()
-def imagined_reward_rate(env: ImaginedEnv, act: Callable[[torch.Tensor], torch.Tensor], seeds: Iterable[int]) -> float:
-    """Mean reward per step the world model predicts for a policy ``act(features) -> actions``
+def imagined_reward_rate(env: ImaginedEnv, act: Callable[[torch.Tensor, int], torch.Tensor],
+                         seeds: Iterable[int]) -> float:
+    """Mean reward per step the world model predicts for a policy ``act(features, t) -> actions``
     over ``len(seeds)`` batches of ``env.num_envs`` imagined episodes of ``env.max_steps`` steps.
     Read beside the same policy's real reward per step: the gap says how well imagination, where
     the policy learns, prices what it does."""
     total, steps = 0.0, 0
     for seed in seeds:
         _, info = env.reset(seed=seed)
-        for _ in range(env.max_steps):
-            _, reward, _, _, info = env.step(act(info["features"]))
+        for t in range(env.max_steps):
+            _, reward, _, _, info = env.step(act(info["features"], t))
             total += float(np.sum(reward))
             steps += env.num_envs
     if steps == 0:

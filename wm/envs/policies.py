@@ -62,15 +62,66 @@ class StickyRandomPolicy:
         return self._action
 
 
-POLICIES = ("random", "sticky_random", "agent:<checkpoint dir>")
+class FireSchedule:
+    """Scripted fire: uniformly random movement, fire on every ``every``-th step (0: never).
+
+    ``every = 1`` is always-fire, 2 fire toggled, 3 a shot every 12 emulator frames at
+    frameskip 4. Actions come from the action map: for each movement (the buttons other than
+    ``fire``) the row without and the row with fire. ``actions(t, n, gen)`` is the batched form
+    the imagination check uses; ``act`` is the collection-policy form for the real game.
+    """
+
+    def __init__(self, action_map: list[list[str]], every: int, fire: tuple[str, ...] = ("B",)):
+        rows: dict[tuple[str, ...], dict[bool, int]] = {}
+        for a, combo in enumerate(action_map):
+            move = tuple(sorted(b for b in combo if b not in fire))
+            rows.setdefault(move, {})[any(b in fire for b in combo)] = a
+        pairs = [r for r in rows.values() if len(r) == 2]
+        if every > 0 and not pairs:
+            raise ValueError(f"fire schedule: no action in {action_map} pairs a movement with and without {fire}")
+        pairs = pairs if every > 0 else [r for r in rows.values() if False in r]
+        self.no_fire = [r[False] for r in pairs]
+        self.with_fire = [r.get(True, r[False]) for r in pairs]
+        self.every = every
+        self.name = "never_fire" if every == 0 else f"fire_every_{every}"
+        self._rng = np.random.default_rng(0)
+        self._t = 0
+
+    def fires(self, t: int) -> bool:
+        return self.every > 0 and t % self.every == 0
+
+    def reset(self, rng: np.random.Generator) -> None:
+        self._rng = rng
+        self._t = 0
+
+    def act(self, obs: np.ndarray) -> int:
+        m = int(self._rng.integers(len(self.no_fire)))
+        a = self.with_fire[m] if self.fires(self._t) else self.no_fire[m]
+        self._t += 1
+        return a
+
+    def actions(self, t: int, n: int, gen: "torch.Generator") -> "torch.Tensor":
+        import torch
+
+        table = torch.tensor(self.with_fire if self.fires(t) else self.no_fire)
+        return table[torch.randint(0, len(table), (n,), generator=gen)]
+
+
+POLICIES = ("random", "sticky_random", "never_fire", "fire_every_<k>", "agent:<checkpoint dir>")
 
 
 def make_policy(name: str, n_actions: int, sticky_mean_steps: float = 4.0,
-                tokenizer_dir: str = "data/checkpoints/tokenizer") -> Policy:
+                tokenizer_dir: str = "data/checkpoints/tokenizer",
+                action_map: list[list[str]] | None = None, fire: tuple[str, ...] = ("B",)) -> Policy:
     if name == "random":
         return RandomPolicy(n_actions)
     if name == "sticky_random":
         return StickyRandomPolicy(n_actions, sticky_mean_steps)
+    if name == "never_fire" or name.startswith("fire_every_"):
+        if action_map is None:
+            raise ValueError(f"policy '{name}' needs the env's action map")
+        every = 0 if name == "never_fire" else int(name.removeprefix("fire_every_"))
+        return FireSchedule(action_map, every, fire)
     if name.startswith("agent:"):
         from wm.envs.neural_policy import policy_from_checkpoint
 
@@ -79,5 +130,6 @@ def make_policy(name: str, n_actions: int, sticky_mean_steps: float = 4.0,
 
 
 def check_policy_name(name: str) -> None:
-    if name not in ("random", "sticky_random") and not name.startswith("agent:"):
+    scripted = name == "never_fire" or (name.startswith("fire_every_") and name.removeprefix("fire_every_").isdigit())
+    if name not in ("random", "sticky_random") and not scripted and not name.startswith("agent:"):
         raise ValueError(f"unknown collect.policy '{name}'; available: {', '.join(POLICIES)}")

@@ -1,10 +1,18 @@
 """stable-retro behind a small discrete action space, the way the world model sees a game.
 
 ``RetroEnv`` is a gymnasium env: a per-game discrete action map (button combinations),
-frameskip (rewards summed, the last frame kept), sticky actions (the previous action is
-repeated with probability ``sticky_prob``, as in ALE v5), a resize to ``height x width``
-RGB inside the env (so worker processes ship small frames), and a step limit. The raw
-MultiBinary buttons pressed are returned in ``info["buttons"]`` so they can be stored too.
+frameskip (rewards summed; the observation is the last emulator frame, or with ``maxpool``
+the pixel-wise max of the last two, since sprites flicker), sticky actions (the previous
+action is repeated with probability ``sticky_prob``, as in ALE v5), a resize to
+``height x width`` RGB inside the env (so worker processes ship small frames), random no-op
+starts (``noop_max``) and a step limit. The raw MultiBinary buttons pressed are returned in
+``info["buttons"]`` and the lives left in ``info["lives"]`` (-1 if the game has none).
+
+``fire_mode``: with ``hold`` an action holds its buttons for the whole frameskip. Games that
+act on a new *press* (Airstriker fires on pressing B) then make an action's effect depend on
+the previous action: a second fire step in a row holds B and fires nothing. With ``tap`` the
+``tap_buttons`` are pressed on the first emulator frame of the frameskip only, so every fire
+action is a new press and the game's response to an action no longer depends on the last one.
 
 One emulator per process is a stable-retro rule: use ``vector.make_vector_env`` (subprocess
 workers) or one ``RetroEnv`` per collection worker.
@@ -70,6 +78,11 @@ class RetroEnv(gym.Env):
         self._emu = stable_retro.make(cfg.game, state=state, render_mode=None)  # headless
         self.buttons: list[str] = list(self._emu.unwrapped.buttons)
         self.button_table = build_button_table(cfg.action_map, self.buttons, cfg.game)
+        if cfg.fire_mode not in ("hold", "tap"):
+            raise ValueError(f"env.fire_mode must be 'hold' or 'tap', got '{cfg.fire_mode}'")
+        if cfg.noop_max < 0:
+            raise ValueError(f"env.noop_max must be >= 0, got {cfg.noop_max}")
+        self._tap_mask = build_button_table([list(cfg.tap_buttons)], self.buttons, cfg.game)[0].astype(bool)
         self.action_space = gym.spaces.Discrete(len(self.button_table))
         self.observation_space = gym.spaces.Box(0, 255, (cfg.height, cfg.width, 3), np.uint8)
         self._rng = np.random.default_rng()
@@ -97,7 +110,11 @@ class RetroEnv(gym.Env):
         obs, info = self._emu.reset(seed=seed)
         self._prev_action = 0
         self._t = 0
-        return self._resize(obs), {"buttons": np.zeros(self.n_buttons, np.uint8), **info}
+        idle = np.zeros(self.n_buttons, np.uint8)
+        for _ in range(int(self._rng.integers(0, self.cfg.noop_max + 1)) * self.cfg.frameskip):
+            obs, _, _, _, info = self._emu.step(idle)
+            self.emu_frames += 1
+        return self._resize(obs), {**info, "buttons": idle, "lives": int(info.get("lives", -1))}
 
     def step(self, action: int):
         action = int(action)
@@ -107,12 +124,14 @@ class RetroEnv(gym.Env):
             action = self._prev_action
         self._prev_action = action
         buttons = self.button_table[action]
+        released = buttons * ~self._tap_mask if self.cfg.fire_mode == "tap" else buttons
         total = 0.0
         terminated = truncated = False
         info: dict[str, Any] = {}
-        obs = None
-        for _ in range(self.cfg.frameskip):
-            obs, reward, terminated, truncated, info = self._emu.step(buttons)
+        obs = last = None
+        for i in range(self.cfg.frameskip):
+            last = obs
+            obs, reward, terminated, truncated, info = self._emu.step(buttons if i == 0 else released)
             self.emu_frames += 1
             total += float(reward)
             if terminated or truncated:
@@ -120,7 +139,9 @@ class RetroEnv(gym.Env):
         self._t += 1
         if self._t >= self.cfg.max_episode_steps:
             truncated = True
-        info = {**info, "buttons": buttons.copy(), "action": action}
+        if self.cfg.maxpool and last is not None:
+            obs = np.maximum(obs, last)
+        info = {**info, "buttons": buttons.copy(), "action": action, "lives": int(info.get("lives", -1))}
         return self._resize(obs), total, bool(terminated), bool(truncated), info
 
     def close(self) -> None:

@@ -6,8 +6,13 @@ to every token of its frame (and, in time blocks, to its own past), while no oth
 attends to it, so adding agent tokens leaves the dynamics' predictions exactly unchanged.
 Heads read the agent token's output:
 - policy: logits over the action map for the next ``mtp`` actions (multi-token prediction);
-- reward: symlog two-hot logits for the next ``mtp`` rewards;
-- value: symlog two-hot logits of the return (trained in imagination).
+- reward: two-hot logits (real-space bins, ``wm.objectives.twohot``) for the next ``mtp`` rewards;
+- continuation: one logit, the probability that the transition into this frame neither lost a
+  life nor ended the game (imagination weights returns by it);
+- value: two-hot logits of the return (trained in imagination).
+The output layers of the reward, continuation and value heads start at zero (DreamerV3): the
+reward and value decode to exactly 0 and continuation to 1/2 before training, instead of to
+whatever a random projection over 255 bins happens to give.
 """
 
 from __future__ import annotations
@@ -15,12 +20,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wm.models.dynamics import Dynamics
+from wm.models.dynamics import Dynamics, context_level
 from wm.models.transformer import KVCache
 
 
-def _mlp(dim: int, out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, out))
+def _mlp(dim: int, out: int, zero_out: bool = False) -> nn.Sequential:
+    net = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, out))
+    if zero_out:
+        nn.init.zeros_(net[-1].weight)
+        nn.init.zeros_(net[-1].bias)
+    return net
 
 
 class Agent(nn.Module):
@@ -34,8 +43,9 @@ class Agent(nn.Module):
         self.agent_token = nn.Parameter(torch.randn(dim) * 0.02)
         self.task_embed = nn.Embedding(n_tasks, dim)
         self.policy_head = _mlp(dim, mtp * self.n_actions)
-        self.reward_head = _mlp(dim, mtp * bins)
-        self.value_head = _mlp(dim, bins)
+        self.reward_head = _mlp(dim, mtp * bins, zero_out=True)
+        self.cont_head = _mlp(dim, 1, zero_out=True)
+        self.value_head = _mlp(dim, bins, zero_out=True)
 
     def forward(
         self,
@@ -69,5 +79,17 @@ class Agent(nn.Module):
     def reward_logits(self, feat: torch.Tensor) -> torch.Tensor:
         return self.reward_head(feat).unflatten(-1, (self.mtp, self.bins))
 
+    def cont_logit(self, feat: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T): logit of P(the transition into this frame continued the episode)."""
+        return self.cont_head(feat).squeeze(-1)
+
     def value_logits(self, feat: torch.Tensor) -> torch.Tensor:
         return self.value_head(feat)
+
+
+def agent_view(z: torch.Tensor, ctx_noise: float, k_max: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Latents as the agent sees them in imagination: signal level 1 - ctx_noise, finest step."""
+    b, t = z.shape[:2]
+    tau_c = context_level(ctx_noise, k_max)
+    noisy = (1 - tau_c) * torch.randn_like(z) + tau_c * z
+    return noisy, torch.full((b, t), tau_c, device=z.device), torch.full((b,), 1.0 / k_max, device=z.device)

@@ -57,6 +57,7 @@ def _latent_sample(sample: dict[str, Any], latents: np.ndarray) -> dict[str, Any
         "actions.npy": _npy(sample["actions"].astype(np.int64)),
         "rewards.npy": _npy(sample["rewards"].astype(np.float32)),
         "terminals.npy": _npy(sample["terminals"].astype(bool)),
+        "continues.npy": _npy(sample["continues"].astype(np.float32)),
         "meta.json": json.dumps(sample["meta"]).encode(),
     }
 

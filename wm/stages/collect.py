@@ -39,7 +39,7 @@ def play_episode(env: Any, policy: Any, seed: int, on_step: Any = None) -> Episo
     """Roll one episode of ``policy`` in ``env`` (a RetroEnv) with the given seed."""
     obs, info = env.reset(seed=seed)
     policy.reset(np.random.default_rng(seed))
-    frames, actions, buttons, rewards, terminals = [], [], [], [], []
+    frames, actions, buttons, rewards, terminals, lives = [], [], [], [], [], []
     done = False
     while not done:
         action = policy.act(obs)
@@ -49,6 +49,7 @@ def play_episode(env: Any, policy: Any, seed: int, on_step: Any = None) -> Episo
         buttons.append(info["buttons"])
         rewards.append(reward)
         terminals.append(terminated)
+        lives.append(info.get("lives", -1))
         done = terminated or truncated
         if on_step is not None:
             on_step()
@@ -59,6 +60,7 @@ def play_episode(env: Any, policy: Any, seed: int, on_step: Any = None) -> Episo
         rewards=np.asarray(rewards, np.float32),
         terminals=np.asarray(terminals, bool),
         meta={"seed": seed, "truncated": bool(not terminals[-1])},
+        lives=np.asarray(lives, np.int16),
     )
 
 
@@ -79,7 +81,8 @@ def collect_worker(
     from wm.envs.retro import RetroEnv
 
     env = RetroEnv(env_cfg)
-    policy = make_policy(policy_name, env.action_space.n, sticky_mean_steps)
+    policy = make_policy(policy_name, env.action_space.n, sticky_mean_steps, action_map=env_cfg.action_map,
+                         fire=tuple(env_cfg.tap_buttons))
     infos: list[dict[str, Any]] = []
     stored = 0
     pending = 0

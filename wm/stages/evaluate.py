@@ -1,12 +1,14 @@
 """evaluate: the policies in the real game, with fixed seeds.
 
 Random (uniform over the action map), behaviour cloning (the finetuned agent's policy head)
-and PMPO (after imagination RL) each play ``eval.episodes`` episodes with the same seeds.
+and PMPO (after imagination RL) each play ``eval.episodes`` episodes with the same seeds (the
+env's random no-op starts vary the start state; actions are sampled), and so do the scripted
+fire schedules of ``SCRIPTED`` (random movement; never fire, fire every step, every 2nd step).
 Reported: mean return with a 95% confidence interval (Student t), episode length, a bar plot
 (``data/eval/returns.png``) and a GIF of a PMPO episode (``data/eval/pmpo_episode.gif``).
 Episodes run in ``eval.workers`` processes, each holding its own emulator and policy copy.
 
-The imagination check: the same three policies also act inside the world model (the PMPO
+The imagination check: the same policies also act inside the world model (the PMPO
 checkpoint's frozen transformer and reward head, ``eval.imagined_episodes`` episodes of
 ``rl.horizon`` steps from held-out latent contexts), and the reward per step they earn there is
 written beside their real reward per step (plot: ``data/eval/reward_per_step.png``). Imagination
@@ -32,6 +34,7 @@ METRICS_PATH = Path("data/metrics/evaluate.json")
 PLOT_PATH = Path("data/eval/returns.png")
 RATE_PLOT_PATH = Path("data/eval/reward_per_step.png")
 VIDEO_PATH = Path("data/eval/pmpo_episode.gif")
+SCRIPTED = ("never_fire", "fire_every_1", "fire_every_2")
 
 _STATE: dict[str, Any] = {}
 
@@ -44,7 +47,8 @@ def _init(env_cfg: EnvConfig, policy: str, tokenizer_dir: str) -> None:
     from wm.envs.retro import RetroEnv
 
     _STATE["env"] = RetroEnv(env_cfg)
-    _STATE["policy"] = make_policy(policy, _STATE["env"].action_space.n, tokenizer_dir=tokenizer_dir)
+    _STATE["policy"] = make_policy(policy, _STATE["env"].action_space.n, tokenizer_dir=tokenizer_dir,
+                                   action_map=env_cfg.action_map, fire=tuple(env_cfg.tap_buttons))
 
 
 def _episode(seed: int) -> tuple[int, float, int]:
@@ -105,12 +109,13 @@ def record_gif(env_cfg: EnvConfig, policy: str, seed: int, tokenizer_dir: str, p
 
 
 def imagined_rates(cfg: Config) -> dict[str, float]:
-    """Reward per step of the random, BC and PMPO policies inside the world model."""
+    """Reward per step of the random, BC, PMPO and scripted policies inside the world model."""
     import torch
 
     from wm.data.shards import make_clip_loader
     from wm.envs.imagined import ImaginedEnv, imagined_reward_rate
     from wm.envs.neural_policy import load_agent
+    from wm.envs.policies import FireSchedule
 
     e, r = cfg.eval, cfg.rl
     world, _ = load_agent(cfg.rl.out_dir)  # the transformer and reward head PMPO learned in
@@ -118,10 +123,16 @@ def imagined_rates(cfg: Config) -> dict[str, float]:
     gen = torch.Generator()
 
     def sampled(logits_fn: Any) -> Any:
-        return lambda feat: torch.multinomial(logits_fn(feat)[:, 0].softmax(-1), 1, generator=gen).squeeze(-1)
+        return lambda feat, t: torch.multinomial(logits_fn(feat)[:, 0].softmax(-1), 1, generator=gen).squeeze(-1)
 
-    acts = {"random": lambda feat: torch.randint(0, world.n_actions, (feat.shape[0],), generator=gen),
-            "bc": sampled(bc.policy_logits), "pmpo": sampled(world.policy_logits)}
+    def scripted(name: str) -> Any:
+        every = 0 if name == "never_fire" else int(name.removeprefix("fire_every_"))
+        schedule = FireSchedule(cfg.env.action_map, every, tuple(cfg.env.tap_buttons))
+        return lambda feat, t: schedule.actions(t, feat.shape[0], gen)
+
+    acts = {"random": lambda feat, t: torch.randint(0, world.n_actions, (feat.shape[0],), generator=gen),
+            "bc": sampled(bc.policy_logits), "pmpo": sampled(world.policy_logits),
+            **{name: scripted(name) for name in SCRIPTED}}
     seeds = [e.seed + i for i in range(math.ceil(e.imagined_episodes / r.num_envs))]
     rates = {}
     for name, act in acts.items():  # identical contexts and noise for every policy
@@ -138,7 +149,8 @@ def run(cfg: Config) -> dict[str, Any]:
     e = cfg.eval
     start = time.perf_counter()
     seeds = [e.seed + i for i in range(e.episodes)]
-    policies = {"random": "random", "bc": f"agent:{cfg.agent.out_dir}", "pmpo": f"agent:{cfg.rl.out_dir}"}
+    policies = {"random": "random", "bc": f"agent:{cfg.agent.out_dir}", "pmpo": f"agent:{cfg.rl.out_dir}",
+                **{name: name for name in SCRIPTED}}
     results: dict[str, dict[str, float]] = {}
     metrics: dict[str, Any] = {"episodes": e.episodes}
     for name, spec in policies.items():
@@ -158,10 +170,12 @@ def run(cfg: Config) -> dict[str, Any]:
         if name in imagined:
             metrics[f"reward_per_step/imagined/{name}"] = imagined[name]
             rates[f"{name} imag."] = {"mean": imagined[name], "ci95": float("nan")}
+            metrics[f"imagined_over_real/{name}"] = imagined[name] / max(metrics[f"reward_per_step/real/{name}"], 1e-9)
     bar_plot(rates, RATE_PLOT_PATH, "reward per step: real game vs inside the world model", ".3f")
     bar_plot(results, PLOT_PATH)
     record_gif(cfg.env, policies["pmpo"], seeds[0], cfg.tokenizer.out_dir, VIDEO_PATH, e.video_frames)
     metrics["pmpo_over_random"] = metrics["return/pmpo"] / max(metrics["return/random"], 1e-9)
+    metrics["pmpo_over_bc"] = metrics["return/pmpo"] / max(metrics["return/bc"], 1e-9)
     metrics["wall_s"] = round(time.perf_counter() - start, 1)
     write_json_atomic(METRICS_PATH, metrics)
     return metrics

@@ -1,11 +1,17 @@
 """finetune_agent: agent tokens learn behaviour cloning and rewards by multi-token prediction,
-while the dynamics loss continues (Dreamer 4 §agent finetuning).
+while the dynamics loss continues (Dreamer 4 §agent finetuning); then the reward and
+continuation heads are fitted on the frozen features (wm/training/heads.py) and measured.
 
 The agent reads latents the way it will at imagination time: every frame at the context
 noise level (signal 1 - ctx_noise). Each agent token predicts the next ``mtp`` actions
 (cross-entropy) and rewards (symlog two-hot); the shortcut-forcing loss keeps training the
-shared transformer on the same clips. Held-out metrics: action accuracy per offset and the
-reward error against a predict-the-mean baseline.
+shared transformer on the same clips; the continuation head learns whether each transition
+kept the episode going (no life lost). Held-out metrics (data/metrics/agent.json): action
+accuracy per offset; for the reward head the ROC-AUC and average precision of "a kill at this
+step", calibration (``reward/pred_per_step`` vs ``reward/data_per_step``) and the error against
+the all-zero predictor; the same ranking for lost lives; and small probes on the same kill
+targets from the tokenizer latents and from pixels (``reward/probe_auc/{latents,pixels}``), which
+say whether the tokenizer kept what scores.
 """
 
 from __future__ import annotations
@@ -22,13 +28,15 @@ from torch import nn
 from wm.atomic import write_json_atomic
 from wm.config import Config, DynamicsConfig, from_dict, to_dict
 from wm.data.shards import make_clip_loader, train_batches
-from wm.models.agent import Agent
-from wm.models.dynamics import Dynamics, context_level, shift_actions
+from wm.models.agent import Agent, agent_view
+from wm.models.dynamics import Dynamics, shift_actions
 from wm.models.transformer import Block
 from wm.objectives.mtp import mtp_targets, reward_targets
 from wm.objectives.shortcut import ShortcutLoss
 from wm.objectives.twohot import make_bins, twohot_decode, twohot_loss
-from wm.training.checkpoint import CheckpointError, load_checkpoint
+from wm.probes import average_precision, probe_scores, roc_auc
+from wm.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from wm.training.heads import features, fit_heads, head_metrics
 from wm.training.trainer import CHECKPOINT, Trainer, load_trained
 
 METRICS_PATH = Path("data/metrics/agent.json")
@@ -45,14 +53,6 @@ def load_dynamics(ckpt_dir: str | Path, n_actions: int) -> tuple[Dynamics, dict[
     model = Dynamics(dcfg, n_actions, saved["tokenizer"]["n_latents"], saved["tokenizer"]["latent_dim"])
     load_trained(model, path)
     return model, saved
-
-
-def agent_view(z: torch.Tensor, ctx_noise: float, k_max: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Latents as the agent sees them in imagination: signal level 1 - ctx_noise, finest step."""
-    b, t = z.shape[:2]
-    tau_c = context_level(ctx_noise, k_max)
-    noisy = (1 - tau_c) * torch.randn_like(z) + tau_c * z
-    return noisy, torch.full((b, t), tau_c, device=z.device), torch.full((b,), 1.0 / k_max, device=z.device)
 
 
 class AgentLoss(nn.Module):
@@ -80,10 +80,13 @@ class AgentLoss(nn.Module):
         bc = (bc * act_valid).sum() / act_valid.sum()
         rl = twohot_loss(core.reward_logits(feat), rew_t, self.bins)
         rl = (rl * rew_valid).sum() / rew_valid.sum()
-        loss = a.dynamics_weight * dyn_loss + a.bc_weight * bc + a.reward_weight * rl
+        # continuation of the transition into frame t (t >= 1), as the reward's offset 0
+        cl = F.binary_cross_entropy_with_logits(core.cont_logit(feat)[:, 1:], batch["continues"][:, :-1].float())
+        loss = a.dynamics_weight * dyn_loss + a.bc_weight * bc + a.reward_weight * (rl + cl)
         with torch.no_grad():
             acc0 = (logits[:, :, 0].argmax(-1) == batch["actions"]).float().mean().item()
         logs.update({"agent/train/loss": loss.item(), "agent/train/bc": bc.item(), "agent/train/reward": rl.item(),
+                     "agent/train/cont": cl.item(),
                      "agent/train/action_acc_o0": acc0})
         return loss, logs
 
@@ -152,8 +155,64 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     model = trainer.main_process_model()
     if model is None:  # under torchrun, rank 0 evaluates and writes the outputs
         return {}
-    metrics = {**evaluate_agent(model, held_out, cfg), "train_steps_per_s": result["train_steps_per_s"],
+    heads = fit_and_measure_heads(model, cfg)
+    path = Path(a.out_dir) / CHECKPOINT  # the trainer's checkpoint, now with the fitted heads
+    state = load_checkpoint(path)
+    state["model"] = model.state_dict()
+    save_checkpoint(path, state, state.get("config"))
+    metrics = {**evaluate_agent(model, held_out, cfg), **heads, "train_steps_per_s": result["train_steps_per_s"],
                "params": result["params"], "steps": result["steps"], "mtp": a.mtp,
                "wall_s": round(time.perf_counter() - start, 1)}
     write_json_atomic(METRICS_PATH, metrics)
     return metrics
+
+
+def _clips(shard_dir: str, split: str, clip_len: int, batch: int, seed: int, rows: int | None):
+    """Shuffled train clips (``rows`` transitions' worth) or every held-out clip in order."""
+    if split == "train":
+        loader = make_clip_loader(shard_dir, split, clip_len, batch, infinite=True, seed=seed)
+        return itertools.islice(iter(loader), -(-rows // (batch * (clip_len - 1))))
+    return iter(make_clip_loader(shard_dir, split, clip_len, 4, shuffle=False))
+
+
+def fit_and_measure_heads(agent: Agent, cfg: Config) -> dict[str, Any]:
+    """Fit the reward/continuation heads on frozen features of imagination-length clips, then
+    measure them and the latent/pixel probes on held-out episodes."""
+    a = cfg.agent
+    clip_len = cfg.rl.context + cfg.rl.horizon
+    torch.manual_seed(a.train.seed)
+    t0 = time.perf_counter()
+    train = features(agent, _clips(cfg.latents.out_dir, "train", clip_len, 16, a.train.seed, a.head_rows),
+                     cfg.dynamics.ctx_noise, draws=a.head_draws)
+    val = features(agent, _clips(cfg.latents.out_dir, "val", clip_len, 16, 0, None), cfg.dynamics.ctx_noise)
+    feat_s = time.perf_counter() - t0
+    logs = fit_heads(agent, train, a.head_steps, seed=a.train.seed)
+    out: dict[str, Any] = {**head_metrics(agent, val), **logs, "heads/train_rows": int(len(train["reward"])),
+                           "heads/features_s": round(feat_s, 1)}
+    # probes on the same targets: does a small classifier find the kills in the latents? in pixels?
+    kill_train, kill_val = train["reward"] > 0, val["reward"] > 0
+    one = slice(None, None, a.head_draws)  # one row per transition (the draws share latents and targets)
+    scores = probe_scores(train["latents"][one].flatten(1), kill_train[one], val["latents"].flatten(1),
+                          steps=a.probe_steps, seed=a.train.seed)
+    out["reward/probe_auc/latents"] = roc_auc(scores, kill_val.numpy())
+    out["reward/probe_ap/latents"] = average_precision(scores, kill_val.numpy())
+    px_train = _frame_pairs(cfg.latents.in_dir, "train", a.head_rows // a.head_draws, a.train.seed)
+    px_val = _frame_pairs(cfg.latents.in_dir, "val", None, 0)
+    scores = probe_scores(px_train[0], px_train[1], px_val[0], steps=a.probe_steps, seed=a.train.seed)
+    out["reward/probe_auc/pixels"] = roc_auc(scores, px_val[1].numpy())
+    out["reward/probe_ap/pixels"] = average_precision(scores, px_val[1].numpy())
+    out["heads/wall_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def _frame_pairs(shard_dir: str, split: str, rows: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(frame t, frame t - 1) as flat uint8 rows and "a kill in the transition into t"."""
+    xs, ys, n = [], [], 0
+    for batch in _clips(shard_dir, split, 8, 16, seed, rows or 1):
+        f = batch["frames"]  # (B, T, 3, H, W) uint8
+        xs.append(torch.stack([f[:, 1:], f[:, :-1]], 2).flatten(0, 1).flatten(1))
+        ys.append(batch["rewards"][:, :-1].flatten() > 0)
+        n += len(ys[-1])
+        if rows is not None and n >= rows:
+            break
+    return torch.cat(xs), torch.cat(ys)

@@ -2,10 +2,11 @@
 
 The transformer is frozen; only the policy and value heads learn. Each iteration starts
 ``num_envs`` imagined episodes from real context clips (``ImaginedEnv``), rolls the current
-policy ``horizon`` steps with the K-step sampler, and computes lambda-returns
-(gamma = 0.997, lambda = 0.95) from the reward head and the value head. The value head
-regresses the returns (symlog two-hot); the policy head takes a PMPO step on the signs of
-the advantages, with a reverse KL (beta = 0.3) to the frozen behaviour-cloned policy head.
+policy ``horizon`` steps with the K-step sampler, and hands the trajectories to
+``PMPOLearner`` (wm/training/pmpo_learner.py): lambda-returns from the reward head, the
+continuation head and the value head; the value head regresses them (two-hot), after
+``rl.value_warmup`` value-only iterations the policy head takes a PMPO step on the signs of
+the centred advantages, with a reverse KL (``rl.beta``) to the frozen behaviour-cloned head.
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ from wm.config import Config, to_dict
 from wm.data.shards import make_clip_loader
 from wm.envs.imagined import ImaginedEnv
 from wm.envs.neural_policy import load_agent
-from wm.objectives.pmpo import pmpo_loss
-from wm.objectives.returns import lambda_returns
-from wm.objectives.twohot import make_bins, twohot_decode, twohot_loss
+from wm.objectives.twohot import make_bins
 from wm.training.checkpoint import save_checkpoint
 from wm.training.logging import RunLogger
+from wm.training.pmpo_learner import PMPOLearner
 from wm.training.trainer import CHECKPOINT
 
 METRICS_PATH = Path("data/metrics/imagine_rl.json")
@@ -45,8 +45,12 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     for head in heads:
         head.requires_grad_(True)
     params = [p for h in heads for p in h.parameters()]
-    opt = torch.optim.AdamW(params, lr=r.lr, weight_decay=0.0)
-    bins = make_bins(agent.bins)
+
+    def prior(feat: torch.Tensor) -> torch.Tensor:
+        return prior_head(feat).unflatten(-1, (agent.mtp, agent.n_actions))[..., 0, :]
+
+    learner = PMPOLearner(lambda feat: agent.policy_logits(feat)[..., 0, :], agent.value_logits, prior, params, r,
+                          make_bins(agent.bins))
 
     loader = make_clip_loader(cfg.latents.out_dir, "train", r.context, r.num_envs, infinite=True, seed=r.seed,
                               shuffle_buffer=cfg.data.shuffle_buffer)
@@ -60,7 +64,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     try:
         for it in range(r.iterations):
             _, info = env.reset(seed=r.seed * 100_000 + it)
-            feats, actions, rewards = [info["features"]], [], []
+            feats, actions, rewards, conts = [info["features"]], [], [], []
             for _ in range(r.horizon):
                 with torch.no_grad():
                     logits = agent.policy_logits(feats[-1])[:, 0]
@@ -68,27 +72,11 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
                 _, rew, _, _, info = env.step(a)
                 actions.append(a)
                 rewards.append(torch.as_tensor(rew))
+                conts.append(info["continue"])
                 feats.append(info["features"])
-            feat = torch.stack(feats, dim=1)  # (N, H+1, D), no grad: the transformer is frozen
-            act = torch.stack(actions, dim=1)
-            rew = torch.stack(rewards, dim=1).float()
-            with torch.no_grad():
-                values = twohot_decode(agent.value_logits(feat), bins)
-                returns = lambda_returns(rew, values, torch.ones_like(rew), r.gamma, r.lam)
-                advantages = returns - values[:, :-1]
-                prior = prior_head(feat[:, :-1]).unflatten(-1, (agent.mtp, agent.n_actions))[:, :, 0]
-            logits = agent.policy_logits(feat[:, :-1])[:, :, 0]
-            policy_loss, plogs = pmpo_loss(logits, act, advantages, prior, alpha=r.alpha, beta=r.beta)
-            value_loss = twohot_loss(agent.value_logits(feat[:, :-1]), returns, bins).mean()
-            loss = policy_loss + value_loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, r.grad_clip)
-            opt.step()
-            logs = {"rl/imagined_return": rew.sum(1).mean().item(), "rl/policy_loss": policy_loss.item(),
-                    "rl/value_loss": value_loss.item(), "rl/entropy": plogs["pmpo/entropy"],
-                    "rl/kl_to_prior": plogs["pmpo/kl"], "rl/pos_adv_frac": plogs["pmpo/pos_frac"],
-                    "rl/value_mean": values.mean().item()}
+            # (N, H + 1, D) features, no grad: the transformer is frozen
+            logs = learner.update(torch.stack(feats, dim=1), torch.stack(actions, dim=1),
+                                  torch.stack(rewards, dim=1).float(), torch.stack(conts, dim=1).float())
             history.append(logs)
             if (it + 1) % r.log_every == 0 or it + 1 == r.iterations:
                 logger.log(it + 1, logs)
@@ -106,7 +94,15 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     def mean(rows: list[dict[str, float]], key: str) -> float:
         return sum(x[key] for x in rows) / len(rows)
 
-    metrics = {
+    stepped = [h for h in history if h["rl/policy_step"] > 0] or history
+    metrics = {  # the positive-advantage share over all iterations, warm-up included
+        "rl/pos_adv_frac_mean": mean(history, "rl/pos_adv_frac"),
+        "rl/pos_adv_frac_min": min(h["rl/pos_adv_frac"] for h in history),
+        "rl/pos_adv_frac_max": max(h["rl/pos_adv_frac"] for h in history),
+        "rl/policy_steps": int(sum(h["rl/policy_step"] for h in history)),
+        "rl/value_warmup": r.value_warmup,
+        "continue/mean": mean(history, "rl/continue_mean"),
+        "imagined_return/first_policy_steps": mean(stepped[: max(1, len(stepped) // 10)], "rl/imagined_return"),
         "imagined_return/first": mean(first, "rl/imagined_return"),
         "imagined_return/last": mean(last, "rl/imagined_return"),
         "entropy/first": mean(first, "rl/entropy"), "entropy/last": mean(last, "rl/entropy"),
