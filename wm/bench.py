@@ -97,7 +97,7 @@ def bench_dynamics(cfg: Config, seconds: float, device: torch.device) -> tuple[d
 
 
 def bench_generation(cfg: Config, model: Any, device: torch.device, budget_s: float) -> dict[str, float]:
-    from wm.models.dynamics import rollout
+    from wm.world_model import rollout
 
     d, t = cfg.dynamics, cfg.tokenizer
     model.eval()

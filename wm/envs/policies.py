@@ -6,9 +6,12 @@ observation (H, W, 3) uint8 to an action index. A checkpointed agent plugs in he
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Policy(Protocol):
@@ -100,7 +103,7 @@ class FireSchedule:
         self._t += 1
         return a
 
-    def actions(self, t: int, n: int, gen: "torch.Generator") -> "torch.Tensor":
+    def actions(self, t: int, n: int, gen: torch.Generator) -> torch.Tensor:
         import torch
 
         table = torch.tensor(self.with_fire if self.fires(t) else self.no_fire)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wm.atomic import write_json_atomic
-from wm.config import Config, DynamicsConfig, from_dict, to_dict
+from wm.config import Config, to_dict
 from wm.data.shards import make_clip_loader, train_batches
 from wm.models.agent import Agent, agent_view
 from wm.models.dynamics import Dynamics, shift_actions
@@ -35,24 +35,13 @@ from wm.objectives.mtp import mtp_targets, reward_targets
 from wm.objectives.shortcut import ShortcutLoss
 from wm.objectives.twohot import make_bins, twohot_decode, twohot_loss
 from wm.probes import average_precision, probe_scores, roc_auc
-from wm.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from wm.training.checkpoint import load_checkpoint, save_checkpoint
 from wm.training.heads import features, fit_heads, head_metrics
-from wm.training.trainer import CHECKPOINT, Trainer, load_trained
+from wm.training.trainer import CHECKPOINT, Trainer
+from wm.world_model import load_dynamics
 
 METRICS_PATH = Path("data/metrics/agent.json")
 LIVE_DIR = Path("data/metrics/agent")
-
-
-def load_dynamics(ckpt_dir: str | Path, n_actions: int) -> tuple[Dynamics, dict[str, Any]]:
-    """The trained dynamics model, built from the config saved in its checkpoint."""
-    path = Path(ckpt_dir) / CHECKPOINT
-    saved = load_checkpoint(path).get("config")
-    if not saved or "dynamics" not in saved:
-        raise CheckpointError(f"{path} has no saved dynamics config; retrain it with `wm train-dynamics`")
-    dcfg = from_dict(DynamicsConfig, saved["dynamics"], "dynamics")
-    model = Dynamics(dcfg, n_actions, saved["tokenizer"]["n_latents"], saved["tokenizer"]["latent_dim"])
-    load_trained(model, path)
-    return model, saved
 
 
 class AgentLoss(nn.Module):

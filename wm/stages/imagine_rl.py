@@ -23,12 +23,12 @@ from wm.atomic import write_json_atomic
 from wm.config import Config, to_dict
 from wm.data.shards import make_clip_loader
 from wm.envs.imagined import ImaginedEnv
-from wm.envs.neural_policy import load_agent
 from wm.objectives.twohot import make_bins
 from wm.training.checkpoint import save_checkpoint
 from wm.training.logging import RunLogger
 from wm.training.pmpo_learner import PMPOLearner
 from wm.training.trainer import CHECKPOINT
+from wm.world_model import WorldModel
 
 METRICS_PATH = Path("data/metrics/imagine_rl.json")
 LIVE_DIR = Path("data/metrics/imagine_rl")
@@ -38,7 +38,8 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     r = cfg.rl
     start = time.perf_counter()
     torch.manual_seed(r.seed)
-    agent, saved = load_agent(cfg.agent.out_dir)
+    world, saved = WorldModel.load(cfg.agent.out_dir, steps=cfg.dynamics.sample_steps)
+    agent = world.agent
     agent.requires_grad_(False)
     prior_head = copy.deepcopy(agent.policy_head)  # the behaviour-cloned policy, frozen
     heads = [agent.policy_head, agent.value_head]
@@ -55,8 +56,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     loader = make_clip_loader(cfg.latents.out_dir, "train", r.context, r.num_envs, infinite=True, seed=r.seed,
                               shuffle_buffer=cfg.data.shuffle_buffer)
     batches = iter(loader)
-    env = ImaginedEnv(agent, lambda seed: next(batches), r.num_envs, steps=cfg.dynamics.sample_steps,
-                      ctx_noise=cfg.dynamics.ctx_noise, max_steps=r.horizon, bins=agent.bins)
+    env = ImaginedEnv(world, lambda seed: next(batches), r.num_envs, max_steps=r.horizon)
     logger = RunLogger(LIVE_DIR, wandb_mode=r.wandb, project="imagine_rl", config=to_dict(cfg),
                        total_steps=r.iterations, desc="imagine_rl")
     history: list[dict[str, float]] = []

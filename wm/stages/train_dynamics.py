@@ -26,12 +26,12 @@ from wm.atomic import write_bytes_atomic, write_json_atomic
 from wm.config import Config, to_dict
 from wm.data.shards import make_clip_loader, train_batches
 from wm.metrics import psnr
-from wm.models.dynamics import Dynamics, rollout, shift_actions
+from wm.models.dynamics import Dynamics, shift_actions
 from wm.models.tokenizer import Tokenizer
 from wm.models.transformer import Block
 from wm.objectives.shortcut import ShortcutLoss
-from wm.stages.cache_latents import load_tokenizer
 from wm.training.trainer import Trainer
+from wm.world_model import load_tokenizer, rollout
 
 METRICS_PATH = Path("data/metrics/dynamics.json")
 LIVE_DIR = Path("data/metrics/dynamics")
