@@ -106,8 +106,8 @@ class FireSchedule:
     def actions(self, t: int, n: int, gen: torch.Generator) -> torch.Tensor:
         import torch
 
-        table = torch.tensor(self.with_fire if self.fires(t) else self.no_fire)
-        return table[torch.randint(0, len(table), (n,), generator=gen)]
+        table = torch.tensor(self.with_fire if self.fires(t) else self.no_fire, device=gen.device)
+        return table[torch.randint(0, len(table), (n,), generator=gen, device=gen.device)]
 
 
 POLICIES = ("random", "sticky_random", "never_fire", "fire_every_<k>", "agent:<checkpoint dir>")

@@ -119,9 +119,10 @@ def imagined_rates(cfg: Config) -> dict[str, float]:
 
     e, r = cfg.eval, cfg.rl
     # the transformer, reward and continuation heads PMPO learned in, and the behaviour-cloned head
-    world, _ = WorldModel.load(cfg.rl.out_dir, steps=cfg.dynamics.sample_steps)
-    bc, _ = WorldModel.load(cfg.agent.out_dir)
-    gen = torch.Generator()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    world, _ = WorldModel.load(cfg.rl.out_dir, steps=cfg.dynamics.sample_steps, device=device)
+    bc, _ = WorldModel.load(cfg.agent.out_dir, device=device)
+    gen = torch.Generator(device=device)
 
     def sampled(logits_fn: Any) -> Any:
         return lambda feat, t: torch.multinomial(logits_fn(feat)[:, 0].softmax(-1), 1, generator=gen).squeeze(-1)
@@ -131,7 +132,8 @@ def imagined_rates(cfg: Config) -> dict[str, float]:
         schedule = FireSchedule(cfg.env.action_map, every, tuple(cfg.env.tap_buttons))
         return lambda feat, t: schedule.actions(t, feat.shape[0], gen)
 
-    acts = {"random": lambda feat, t: torch.randint(0, world.n_actions, (feat.shape[0],), generator=gen),
+    acts = {"random": lambda feat, t: torch.randint(0, world.n_actions, (feat.shape[0],), generator=gen,
+                                                        device=device),
             "bc": sampled(bc.agent.policy_logits), "pmpo": sampled(world.agent.policy_logits),
             **{name: scripted(name) for name in SCRIPTED}}
     seeds = [e.seed + i for i in range(math.ceil(e.imagined_episodes / r.num_envs))]

@@ -44,7 +44,8 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     r = cfg.rl
     start = time.perf_counter()
     torch.manual_seed(r.seed)
-    world, saved = WorldModel.load(cfg.agent.out_dir, steps=cfg.dynamics.sample_steps)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    world, saved = WorldModel.load(cfg.agent.out_dir, steps=cfg.dynamics.sample_steps, device=device)
     agent = world.agent
     agent.requires_grad_(False)
     prior_head = copy.deepcopy(agent.policy_head)  # the behaviour-cloned policy, frozen
@@ -57,14 +58,14 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
         return prior_head(feat).unflatten(-1, (agent.mtp, agent.n_actions))[..., 0, :]
 
     learner = PMPOLearner(lambda feat: agent.policy_logits(feat)[..., 0, :], agent.value_logits, prior, params, r,
-                          make_bins(agent.bins))
+                          make_bins(agent.bins).to(device))
 
     loader = make_clip_loader(cfg.latents.out_dir, "train", r.context, r.num_envs, infinite=True, seed=r.seed,
                               shuffle_buffer=cfg.data.shuffle_buffer)
     batches = iter(loader)
     env = ImaginedEnv(world, lambda seed: next(batches), r.num_envs, max_steps=r.horizon)
     history: list[dict[str, float]] = []
-    gen = torch.Generator().manual_seed(r.seed)
+    gen = torch.Generator(device=device).manual_seed(r.seed)
     out_dir = Path(r.out_dir)
     run_config = {**saved, "rl": to_dict(cfg)["rl"]}
     first_it = 0
@@ -99,7 +100,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
                     a = torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(-1)
                 _, rew, _, _, info = env.step(a)
                 actions.append(a)
-                rewards.append(torch.as_tensor(rew))
+                rewards.append(torch.as_tensor(rew, device=device))
                 conts.append(info["continue"])
                 feats.append(info["features"])
             # (N, H + 1, D) features, no grad: the transformer is frozen
