@@ -122,15 +122,13 @@ def retrain(repo: str = ".", preset: str | None = None, overrides: list[str] | N
         # stages run; afterwards params.yaml is what it was, so a later plain `dvc repro` does not
         # inherit them (the record keeps them; dvc.lock shows which params made the artifacts)
         params_file = repo_path / "params.yaml"
-        before = params_file.read_bytes() if params_file.exists() else None
+        before = state.get("params_before")  # as the iteration found it (a killed run left its own behind)
         try:
             params = _compose(repo_path, used_preset, overrides, base, state["warm"], steps_fraction)
             stages = run_stages(repo_path)  # DVC skips what is done, re-runs what crashed
         finally:
             if before is not None:
-                params_file.write_bytes(before)
-            else:
-                params_file.unlink(missing_ok=True)
+                params_file.write_text(before)
         metrics = json.loads((repo_path / "data/metrics/evaluate.json").read_text())
         current = rt.promoted(repo_path)
         verdict = rt.gate(metrics, current, tolerance)
