@@ -179,12 +179,10 @@ def fit_and_measure_heads(agent: Agent, cfg: Config) -> dict[str, Any]:
     out: dict[str, Any] = {**head_metrics(agent, val), **logs, "heads/train_rows": int(len(train["reward"])),
                            "heads/features_s": round(feat_s, 1)}
     # probes on the same targets: does a small classifier find the kills in the latents? in pixels?
-    kill_train, kill_val = train["reward"] > 0, val["reward"] > 0
-    one = slice(None, None, a.head_draws)  # one row per transition (the draws share latents and targets)
-    scores = probe_scores(train["latents"][one].flatten(1), kill_train[one], val["latents"].flatten(1),
+    scores = probe_scores(train["latents"].flatten(1), train["kill"], val["latents"].flatten(1),
                           steps=a.probe_steps, seed=a.train.seed)
-    out["reward/probe_auc/latents"] = roc_auc(scores, kill_val.numpy())
-    out["reward/probe_ap/latents"] = average_precision(scores, kill_val.numpy())
+    out["reward/probe_auc/latents"] = roc_auc(scores, val["kill"].numpy())
+    out["reward/probe_ap/latents"] = average_precision(scores, val["kill"].numpy())
     px_train = _frame_pairs(cfg.latents.in_dir, "train", a.head_rows // a.head_draws, a.train.seed)
     px_val = _frame_pairs(cfg.latents.in_dir, "val", None, 0)
     scores = probe_scores(px_train[0], px_train[1], px_val[0], steps=a.probe_steps, seed=a.train.seed)

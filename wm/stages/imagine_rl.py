@@ -112,7 +112,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
             history.append(logs)
             if (it + 1) % r.log_every == 0 or it + 1 == r.iterations:
                 logger.log(it + 1, logs)
-            if (it + 1) % r.ckpt_every == 0 and it + 1 < r.iterations:
+            if r.ckpt_every > 0 and (it + 1) % r.ckpt_every == 0 and it + 1 < r.iterations:
                 save(it + 1)
             logger.progress(1, ret=f"{logs['rl/imagined_return']:.2f}")
     finally:
