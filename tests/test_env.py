@@ -164,3 +164,16 @@ def test_fire_schedule_policies(debug_cfg):
     assert not any(never.act(None) in fires for _ in range(50))
     batch = pol.actions(0, 16, torch.Generator().manual_seed(0))
     assert all(int(a) in fires for a in batch) and not any(int(a) in fires for a in pol.actions(1, 16, torch.Generator()))
+
+
+def test_random_fire_rate_varies_the_rate_per_episode(debug_cfg):
+    amap = debug_cfg.env.action_map
+    fires = {a for a, combo in enumerate(amap) if "B" in combo}
+    pol = make_policy("random_fire_rate", len(amap), action_map=amap)
+    rates = []
+    for seed in range(6):
+        pol.reset(np.random.default_rng(seed))
+        acts = [pol.act(None) for _ in range(400)]
+        rates.append(np.mean([a in fires for a in acts]))
+        assert abs(rates[-1] - pol.rate) < 0.1  # fires at its episode's rate
+    assert max(rates) - min(rates) > 0.3
