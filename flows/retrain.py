@@ -118,8 +118,17 @@ def retrain(repo: str = ".", preset: str | None = None, overrides: list[str] | N
                 paths.append(str(rt.RETRAIN_DIR / "warm" / tag))
             dvc_add(str(repo_path), paths)
             rt.mark_done(repo_path, state, "version")
-        params = _compose(repo_path, used_preset, overrides, base, state["warm"], steps_fraction)
-        stages = run_stages(repo_path)  # DVC skips what is done, re-runs what crashed
+        # this iteration's params (warm starts, reduced steps) live in params.yaml only while its
+        # stages run; afterwards params.yaml is what it was, so a later plain `dvc repro` does not
+        # inherit them (the record keeps them; dvc.lock shows which params made the artifacts)
+        params_file = repo_path / "params.yaml"
+        before = state.get("params_before")  # as the iteration found it (a killed run left its own behind)
+        try:
+            params = _compose(repo_path, used_preset, overrides, base, state["warm"], steps_fraction)
+            stages = run_stages(repo_path)  # DVC skips what is done, re-runs what crashed
+        finally:
+            if before is not None:
+                params_file.write_text(before)
         metrics = json.loads((repo_path / "data/metrics/evaluate.json").read_text())
         current = rt.promoted(repo_path)
         verdict = rt.gate(metrics, current, tolerance)
@@ -132,6 +141,7 @@ def retrain(repo: str = ".", preset: str | None = None, overrides: list[str] | N
             "resumed": state["resumed"], "preset": used_preset, "overrides": overrides,
             "collect_policy": state["policy"], "collect": state.get("collect", {}),
             "warm_start": state["warm"], "steps_fraction": steps_fraction,
+            "params_overrides": rt.warm_overrides(base, state["warm"], steps_fraction),
             "dataset": rt.dataset_version(repo_path),
             "stages": {s["stage"]: "skipped" if s["skipped"] else "ran" for s in stages},
             "metrics": metrics, "gate": verdict, "promoted": verdict["passed"],

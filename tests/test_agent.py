@@ -77,7 +77,9 @@ def test_real_and_imagined_envs_pass_the_same_api_test(debug_cfg):
         return {"latents": torch.tanh(torch.randn(2, 3, tok.cfg.n_latents, tok.cfg.latent_dim, generator=g)),
                 "actions": torch.randint(0, n_actions, (2, 3), generator=g)}
 
-    imagined = ImaginedEnv(agent, contexts, 2, steps=2, max_steps=3, tokenizer=tok, bins=41)
+    from wm.world_model import WorldModel
+
+    imagined = ImaginedEnv(WorldModel(agent, ctx_noise=0.1, steps=2, tokenizer=tok), contexts, 2, max_steps=3)
     check_vector_env_api(imagined, 2, n_actions, debug_cfg.env.height, debug_cfg.env.width)
     # the same seed gives the same imagined episode
     a, _ = imagined.reset(seed=5)

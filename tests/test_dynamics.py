@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from wm.models.dynamics import Dynamics, rollout, shift_actions
+from wm.models.dynamics import Dynamics, shift_actions
 from wm.objectives.shortcut import ShortcutLoss, bootstrap_velocity, forcing_rows, sample_shortcut, shortcut_terms
+from wm.world_model import rollout
 
 
 @pytest.fixture()

@@ -93,3 +93,87 @@ def test_vector_env_uses_subprocesses(debug_cfg):
         assert np.array_equal(info["buttons"][0], table[1]) and np.array_equal(info["buttons"][1], table[6])
     finally:
         venv.close()
+
+
+def _spy(env):
+    """Record the buttons and raw frames each emulator step gets/returns."""
+    calls, frames = [], []
+    step = env._emu.step
+
+    def spy(buttons):
+        calls.append(np.array(buttons).copy())
+        out = step(buttons)
+        frames.append(out[0].copy())
+        return out
+
+    env._emu.step = spy
+    return calls, frames
+
+
+@pytest.mark.parametrize("mode", ["tap", "hold"])
+def test_fire_mode_tap_presses_b_on_the_first_frame_only(debug_cfg, mode):
+    env = RetroEnv(dataclasses.replace(debug_cfg.env, fire_mode=mode, maxpool=False, noop_max=0))
+    env.reset(seed=0)
+    calls, _ = _spy(env)
+    b, up = env.buttons.index("B"), env.buttons.index("UP")
+    up_fire = debug_cfg.env.action_map.index(["UP", "B"])
+    for _ in range(2):  # two fire steps in a row: with tap both start with a new press
+        _, _, _, _, info = env.step(up_fire)
+    assert len(calls) == 2 * debug_cfg.env.frameskip
+    pressed_b = [int(c[b]) for c in calls]
+    if mode == "tap":
+        assert pressed_b == ([1] + [0] * (debug_cfg.env.frameskip - 1)) * 2
+    else:
+        assert pressed_b == [1] * len(calls)
+    assert all(c[up] == 1 for c in calls)  # movement is held in both modes
+    assert np.array_equal(info["buttons"], env.button_table[up_fire]) and info["lives"] >= 0
+    env.close()
+
+
+def test_maxpool_noop_starts_and_lives(debug_cfg):
+    cfg = dataclasses.replace(debug_cfg.env, maxpool=True, noop_max=5, height=224, width=320)
+    env = RetroEnv(cfg)
+    starts = set()
+    for seed in range(6):
+        before = env.emu_frames
+        _, info = env.reset(seed=seed)
+        skipped = env.emu_frames - before
+        assert skipped % cfg.frameskip == 0 and skipped <= 5 * cfg.frameskip
+        starts.add(skipped)
+        assert info["lives"] == 3
+    assert len(starts) > 1  # varied starts
+    calls, frames = _spy(env)
+    obs, _, _, _, _ = env.step(0)
+    assert np.array_equal(obs, np.maximum(frames[-1], frames[-2]))  # native size: no resize in between
+    env.close()
+    with pytest.raises(ValueError, match="fire_mode"):
+        RetroEnv(dataclasses.replace(debug_cfg.env, fire_mode="auto"))
+
+
+def test_fire_schedule_policies(debug_cfg):
+    import torch
+
+    amap = debug_cfg.env.action_map
+    fires = {a for a, combo in enumerate(amap) if "B" in combo}
+    pol = make_policy("fire_every_2", len(amap), action_map=amap)
+    pol.reset(np.random.default_rng(0))
+    acts = [pol.act(None) for _ in range(8)]
+    assert [a in fires for a in acts] == [True, False] * 4
+    never = make_policy("never_fire", len(amap), action_map=amap)
+    never.reset(np.random.default_rng(0))
+    assert not any(never.act(None) in fires for _ in range(50))
+    batch = pol.actions(0, 16, torch.Generator().manual_seed(0))
+    assert all(int(a) in fires for a in batch) and not any(int(a) in fires for a in pol.actions(1, 16, torch.Generator()))
+
+
+def test_random_fire_rate_varies_the_rate_per_episode(debug_cfg):
+    amap = debug_cfg.env.action_map
+    fires = {a for a, combo in enumerate(amap) if "B" in combo}
+    pol = make_policy("random_fire_rate", len(amap), action_map=amap)
+    rates = []
+    for seed in range(6):
+        pol.reset(np.random.default_rng(seed))
+        acts = [pol.act(None) for _ in range(400)]
+        rates.append(np.mean([a in fires for a in acts]))
+        assert abs(rates[-1] - pol.rate) < 0.1  # fires at its episode's rate
+    assert max(rates) - min(rates) > 0.3

@@ -37,7 +37,7 @@ def train(old: bool, seed: int = 0) -> tuple[float, float]:
     # the old baseline: gamma 0.997, no warm-up, no centring, no guard rails (random-init value)
     cfg = RLConfig(iterations=ITERS, num_envs=N, horizon=H, context=1, lr=1e-2, gamma=0.997 if old else 0.9,
                    lam=0.95, alpha=0.5, beta=0.1, value_warmup=0 if old else 10, center=not old,
-                   guard_low=0.0 if old else 0.2, guard_high=1.0 if old else 0.8, grad_clip=1.0, log_every=1,
+                   guard_low=0.0 if old else 0.2, guard_high=1.0 if old else 0.8, grad_clip=1.0, log_every=1, ckpt_every=0,
                    seed=seed, wandb="disabled", out_dir="")
     learner = PMPOLearner(policy, value, prior, [*policy.parameters(), *value.parameters()], cfg, make_bins(255))
     gen = torch.Generator().manual_seed(seed)
@@ -74,7 +74,7 @@ def test_value_warmup_and_guard_rails_skip_policy_steps():
     nn.init.zeros_(value.weight)
     nn.init.zeros_(value.bias)
     cfg = RLConfig(iterations=3, num_envs=4, horizon=5, context=1, lr=1e-2, gamma=0.9, lam=0.95, alpha=0.5, beta=0.1,
-                   value_warmup=2, center=False, guard_low=0.2, guard_high=0.8, grad_clip=1.0, log_every=1, seed=0,
+                   value_warmup=2, center=False, guard_low=0.2, guard_high=0.8, grad_clip=1.0, log_every=1, ckpt_every=0, seed=0,
                    wandb="disabled", out_dir="")
     learner = PMPOLearner(policy, value, copy.deepcopy(policy), [*policy.parameters(), *value.parameters()], cfg,
                           make_bins(255))
@@ -84,7 +84,10 @@ def test_value_warmup_and_guard_rails_skip_policy_steps():
         logs = learner.update(feat, act, torch.ones(4, 5), torch.ones(4, 5))
         assert logs["rl/policy_step"] == 0.0
     torch.testing.assert_close(policy.weight, before)  # warm-up: the policy did not move
-    # value 0 and rewards 1: every advantage positive -> outside [0.2, 0.8] -> no policy step
-    learner.value = lambda f: torch.zeros(*f.shape[:-1], 255)
-    logs = learner.update(feat, act, torch.ones(4, 5), torch.ones(4, 5))
+    learner.update(feat, act, torch.randn(4, 5), torch.ones(4, 5))  # a policy step (guard rails pass)
+    assert learner.opt.state[policy.weight]["step"] == 1
+    moved = policy.weight.detach().clone()
+    # rewards far above any value learned so far: every advantage positive -> outside [0.2, 0.8]
+    logs = learner.update(feat, act, torch.full((4, 5), 100.0), torch.ones(4, 5))
     assert logs["rl/pos_adv_frac"] == pytest.approx(1.0) and logs["rl/policy_step"] == 0.0
+    torch.testing.assert_close(policy.weight, moved)  # a skipped step does not move it (no stale momentum)

@@ -115,8 +115,11 @@ def test_retrain_iteration_then_killed_iteration_keeps_previous_version(tmp_path
     env = {**env_with_venv(), "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
            "PREFECT_HOME": str(tmp_path / "prefect")}
+    params_before = (repo / "params.yaml").read_text()
     run1 = subprocess.run(_retrain_cmd(repo), cwd=repo, env=env, capture_output=True, text=True, timeout=900)
     assert run1.returncode == 0, run1.stderr[-4000:]
+    # the iteration's warm-start params do not stay behind for a later plain `dvc repro`
+    assert (repo / "params.yaml").read_text() == params_before
     rec1 = json.loads((repo / "data/retrain/records/iter_0001.json").read_text())
     assert rec1["collect_policy"] == "random" and rec1["dataset"]["sets"] == ["iter_0001"]
     assert (repo / "data/collected/iter_0001.dvc").exists()
@@ -151,6 +154,8 @@ def test_retrain_iteration_then_killed_iteration_keeps_previous_version(tmp_path
     rec2 = json.loads((repo / "data/retrain/records/iter_0002.json").read_text())
     assert rec2["resumed"] and rec2["dataset"]["sets"] == ["iter_0001", "iter_0002"]
     assert set(rec2["warm_start"]) == {"tokenizer", "dynamics"}
+    assert any(o.startswith("dynamics.train.init_from=") for o in rec2["params_overrides"])
+    assert (repo / "params.yaml").read_text() == params_before
     assert rec2["dataset"]["shards_manifest_sha256"] != rec1["dataset"]["shards_manifest_sha256"]
     assert not state.exists() and not (repo / "data/retrain/.lock").exists()
     shown = subprocess.run(["wm", "inspect", "retrain", "--repo", str(repo)], env=env, capture_output=True,

@@ -99,6 +99,23 @@ def test_clip_loader_shapes(debug_data):
     assert batch["rewards"].shape == (4, 8) and batch["terminals"].dtype == torch.bool
     assert batch["action_free"].shape == (4,)
     assert int(batch["actions"].max()) < len(cfg.env.action_map)
+    assert batch["continues"].shape == (4, 8) and batch["continues"].dtype == torch.float32
+
+
+def test_continuation_targets_reach_the_shards(debug_data):
+    """Lives stored per step at collection become continuation targets in the shards: 0 exactly
+    where an episode lost a life or ended, computed over the whole episode."""
+    cfg = debug_data["cfg"]
+    rollouts = sorted(Path(cfg.collect.out_dir).glob("ep*.npz"))
+    ep = load_episode(rollouts[0])
+    assert ep.lives.min() >= 0 and ep.lives[0] == 3  # Airstriker starts with 3 lives
+    expected = ep.continues()
+    assert (expected[ep.terminals] == 0).all()
+    samples = [s for split in ("train", "val") for p in shard_paths(cfg.shard.out_dir, split) for s in iter_shard(p)]
+    mine = sorted((s for s in samples if s["meta"]["episode"] == ep.meta["episode"]), key=lambda s: s["meta"]["start"])
+    for s in mine:
+        start = s["meta"]["start"]
+        assert np.array_equal(s["continues"], expected[start : start + len(s["continues"])])
 
 
 def _clip_ids(ds) -> list[str]:

@@ -24,18 +24,20 @@ import torch
 
 from wm.atomic import write_json_atomic
 from wm.config import Config
+from wm.timing import synced_clock
 
 BENCH_PATH = Path("data/metrics/bench.json")
 
 
-def _timed_steps(step, seconds: float, warmup: int = 2, min_steps: int = 3) -> float:
+def _timed_steps(step, seconds: float, warmup: int = 2, min_steps: int = 3, device: torch.device | None = None
+                 ) -> float:
     for _ in range(warmup):
         step()
-    n, start = 0, time.perf_counter()
-    while n < min_steps or time.perf_counter() - start < seconds:
+    n, start = 0, synced_clock(device)
+    while n < min_steps or synced_clock(device) - start < seconds:
         step()
         n += 1
-    return n / (time.perf_counter() - start)
+    return n / (synced_clock(device) - start)
 
 
 def bench_tokenizer(cfg: Config, seconds: float, device: torch.device) -> dict[str, float]:
@@ -59,7 +61,7 @@ def bench_tokenizer(cfg: Config, seconds: float, device: torch.device) -> dict[s
         loss.backward()
         opt.step()
 
-    rate = _timed_steps(step, seconds)
+    rate = _timed_steps(step, seconds, device=device)
     tokens = t.train.batch_size * t.train.clip_len * (model.n_patches + t.n_latents) * 2  # encoder + decoder
     params = sum(p.numel() for p in model.parameters())
     return {"tokenizer/train_steps_per_s": rate, "tokenizer/tokens_per_s": rate * tokens,
@@ -89,7 +91,7 @@ def bench_dynamics(cfg: Config, seconds: float, device: torch.device) -> tuple[d
         loss.backward()
         opt.step()
 
-    rate = _timed_steps(step, seconds)
+    rate = _timed_steps(step, seconds, device=device)
     tokens = d.train.batch_size * d.short_len * (model.tokens_per_step + d.model.registers)
     params = sum(p.numel() for p in model.parameters())
     return {"dynamics/train_steps_per_s": rate, "dynamics/tokens_per_s": rate * tokens, "dynamics/params": params,
@@ -97,7 +99,7 @@ def bench_dynamics(cfg: Config, seconds: float, device: torch.device) -> tuple[d
 
 
 def bench_generation(cfg: Config, model: Any, device: torch.device, budget_s: float) -> dict[str, float]:
-    from wm.models.dynamics import rollout
+    from wm.world_model import rollout
 
     d, t = cfg.dynamics, cfg.tokenizer
     model.eval()
@@ -113,10 +115,10 @@ def bench_generation(cfg: Config, model: Any, device: torch.device, budget_s: fl
             # repeated until the measurement has taken long enough.
             frames, elapsed = 0, 0.0
             while frames == 0 or elapsed < budget_s / 12:
-                start = time.perf_counter()
+                start = synced_clock(device)
                 rollout(model, ctx, prev[:, : d.context], prev[:, d.context : d.context + d.horizon], k,
                         d.ctx_noise, use_cache=kv)
-                elapsed += time.perf_counter() - start
+                elapsed += synced_clock(device) - start
                 frames += d.horizon
             out[f"fps/k{k}_{'kv' if kv else 'nokv'}"] = frames / elapsed
     out["fps/kv_speedup_k4"] = out["fps/k4_kv"] / out["fps/k4_nokv"]
@@ -142,7 +144,9 @@ def bench_collection(cfg: Config, seconds: float) -> dict[str, float]:
             wall = time.perf_counter() - start
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        if timing.get("steady_s", 0) > 0.5:  # exclude process start-up, which a short run overweights
+        # exclude process start-up, which a short run overweights; a slow machine can finish the
+        # budget before every worker has reported twice, leaving an empty steady window: then the whole run
+        if timing.get("steady_s", 0) > 0.5 and timing.get("steady_steps", 0) > 0:
             rate = timing["steady_steps"] * cfg.env.frameskip / timing["steady_s"]
         else:
             rate = sum(o["emu_frames"] for o in outputs) / wall

@@ -194,6 +194,7 @@ class RLConfig:
     guard_high: float
     grad_clip: float
     log_every: int
+    ckpt_every: int          # iterations between resumable checkpoints (`wm imagine-rl --resume`)
     seed: int
     wandb: str
     out_dir: str

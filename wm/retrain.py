@@ -129,8 +129,9 @@ def start_or_resume(repo: str | Path) -> dict[str, Any]:
         return state
     done = records(repo)
     n = (done[-1]["iteration"] + 1) if done else 1
+    params = Path(repo) / "params.yaml"  # restored when the iteration ends, even after a crash and a re-run
     state = {"iteration": n, "tag": iteration_tag(n), "started": now(), "policy": collect_policy(repo),
-             "done": [], "resumed": False}
+             "done": [], "resumed": False, "params_before": params.read_text() if params.exists() else None}
     write_json_atomic(path, state)
     return state
 

@@ -18,62 +18,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from wm.models.agent import Agent
-from wm.models.dynamics import context_level
-from wm.models.tokenizer import Tokenizer
-from wm.models.transformer import KVCache
-from wm.objectives.twohot import make_bins, twohot_decode
+from wm.world_model import Caches, WorldModel
 
 
 class ImaginedEnv:
-    def __init__(
-        self,
-        agent: Agent,
-        contexts: Callable[[int], dict[str, torch.Tensor]],
-        num_envs: int,
-        *,
-        steps: int = 4,
-        ctx_noise: float = 0.1,
-        max_steps: int = 16,
-        tokenizer: Tokenizer | None = None,
-        bins: int = 255,
-        task: int = 0,
-    ):
-        self.agent = agent.eval()
+    def __init__(self, world: WorldModel, contexts: Callable[[int], dict[str, torch.Tensor]], num_envs: int, *,
+                 max_steps: int = 16):
+        if world.agent is None:
+            raise ValueError("an imagined env needs a world model with an agent (features, reward, continuation)")
+        self.world = world
+        self.agent = world.agent.eval()
         self.contexts = contexts
         self.num_envs = num_envs
-        self.steps = steps
-        self.ctx_noise = ctx_noise
         self.max_steps = max_steps
-        self.tokenizer = tokenizer
-        self.device = next(agent.parameters()).device
-        self.bins = make_bins(bins).to(self.device)
-        self.task = torch.full((num_envs,), task, dtype=torch.long, device=self.device)
-        k_max = agent.dynamics.cfg.k_max
-        self.k_max = k_max
-        self.tau_ctx = context_level(ctx_noise, k_max)
-        self.action_space_n = agent.n_actions
-        self._cache: KVCache | None = None
-        self._dec_cache: KVCache | None = None
+        self.device = world.device
+        self.action_space_n = world.n_actions
+        self._caches: Caches | None = None
         self._t = 0
         self._gen = torch.Generator(device=self.device)
 
-    def _noise(self, shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.randn(*shape, device=self.device, generator=self._gen)
-
-    def _observe(self, z: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-        """Append frames z (N, T, L, dz) at context noise to the cache; agent features (N, T, D)."""
-        n, t = z.shape[:2]
-        noisy = (1 - self.tau_ctx) * self._noise(tuple(z.shape)) + self.tau_ctx * z
-        tau = torch.full((n, t), self.tau_ctx, device=self.device)
-        d = torch.full((n,), 1.0 / self.k_max, device=self.device)
-        _, feat = self.agent(noisy, tau, d, prev, self.task, cache=self._cache)
-        return feat
-
     def _render(self, z: torch.Tensor) -> np.ndarray:
-        if self.tokenizer is None:
+        if self.world.tokenizer is None:
             return np.zeros((self.num_envs, 0, 0, 3), np.uint8)
-        frames = self.tokenizer.decode(z, cache=self._dec_cache)[:, -1].clamp(0, 1)
+        frames = self.world.decode(z, self._caches)[:, -1]
         return (frames.permute(0, 2, 3, 1) * 255).round().byte().cpu().numpy()
 
     @torch.no_grad()
@@ -83,9 +50,8 @@ class ImaginedEnv:
         z = ctx["latents"].to(self.device).float()[: self.num_envs]
         actions = ctx["actions"].to(self.device)[: self.num_envs]
         prev = torch.cat([torch.full_like(actions[:, :1], -1), actions[:, :-1]], dim=1)
-        self._cache = self.agent.dynamics.transformer.new_cache()
-        self._dec_cache = self.tokenizer.decoder.new_cache() if self.tokenizer is not None else None
-        feat = self._observe(z, prev)
+        self._caches = self.world.new_caches()
+        feat = self.world.observe(z, prev, self._caches.dynamics, self._gen)
         self._t = 0
         self._z = z[:, -1:]
         obs = self._render(z)
@@ -93,21 +59,14 @@ class ImaginedEnv:
 
     @torch.no_grad()
     def step(self, actions: np.ndarray | torch.Tensor):
-        if self._cache is None:
+        if self._caches is None:
             raise RuntimeError("call reset() before step()")
         a = torch.as_tensor(actions, device=self.device).long().view(self.num_envs, 1)
         n = self.num_envs
-        z = self._noise((n, 1, *self._z.shape[2:]))
-        d = 1.0 / self.steps
-        ones = torch.ones(n, 1, device=self.device)
-        for s in range(self.steps):
-            tau = s * d
-            pred, _ = self.agent(z, ones * tau, torch.full((n,), d, device=self.device), a, self.task,
-                                 cache=self._cache, update_cache=False)
-            z = z + (pred - z) * (d / (1 - tau))
-        feat = self._observe(z, a)
-        reward = twohot_decode(self.agent.reward_logits(feat)[:, -1, 0], self.bins)
-        cont = torch.sigmoid(self.agent.cont_logit(feat)[:, -1])
+        z = self.world.sample(a, self._caches.dynamics, self._gen)
+        feat = self.world.observe(z, a, self._caches.dynamics, self._gen)
+        reward = self.world.reward(feat[:, -1])
+        cont = self.world.continuation(feat[:, -1])
         self._t += 1
         self._z = z
         obs = self._render(z)

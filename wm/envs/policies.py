@@ -6,9 +6,12 @@ observation (H, W, 3) uint8 to an action index. A checkpointed agent plugs in he
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Policy(Protocol):
@@ -100,14 +103,39 @@ class FireSchedule:
         self._t += 1
         return a
 
-    def actions(self, t: int, n: int, gen: "torch.Generator") -> "torch.Tensor":
+    def actions(self, t: int, n: int, gen: torch.Generator) -> torch.Tensor:
         import torch
 
-        table = torch.tensor(self.with_fire if self.fires(t) else self.no_fire)
-        return table[torch.randint(0, len(table), (n,), generator=gen)]
+        table = torch.tensor(self.with_fire if self.fires(t) else self.no_fire, device=gen.device)
+        return table[torch.randint(0, len(table), (n,), generator=gen, device=gen.device)]
 
 
-POLICIES = ("random", "sticky_random", "never_fire", "fire_every_<k>", "agent:<checkpoint dir>")
+class RandomFireRate(FireSchedule):
+    """Random movement; each step fires with a probability drawn once per episode from U(0, 1).
+
+    Uniform random play fires on half of the steps, so a world model trained on it never sees
+    a stretch without shots and cannot learn that no shots means no kills (imagination then
+    prices never firing like firing). Varying the rate per episode covers that dependence
+    while the average rate, and the behaviour-cloned prior, stay those of uniform play.
+    """
+
+    name = "random_fire_rate"
+
+    def __init__(self, action_map: list[list[str]], fire: tuple[str, ...] = ("B",)):
+        super().__init__(action_map, 1, fire)
+        self.name = "random_fire_rate"
+        self.rate = 0.5
+
+    def reset(self, rng: np.random.Generator) -> None:
+        super().reset(rng)
+        self.rate = float(rng.random())
+
+    def act(self, obs: np.ndarray) -> int:
+        m = int(self._rng.integers(len(self.no_fire)))
+        return self.with_fire[m] if self._rng.random() < self.rate else self.no_fire[m]
+
+
+POLICIES = ("random", "sticky_random", "random_fire_rate", "never_fire", "fire_every_<k>", "agent:<checkpoint dir>")
 
 
 def make_policy(name: str, n_actions: int, sticky_mean_steps: float = 4.0,
@@ -117,6 +145,10 @@ def make_policy(name: str, n_actions: int, sticky_mean_steps: float = 4.0,
         return RandomPolicy(n_actions)
     if name == "sticky_random":
         return StickyRandomPolicy(n_actions, sticky_mean_steps)
+    if name == "random_fire_rate":
+        if action_map is None:
+            raise ValueError(f"policy '{name}' needs the env's action map")
+        return RandomFireRate(action_map, fire)
     if name == "never_fire" or name.startswith("fire_every_"):
         if action_map is None:
             raise ValueError(f"policy '{name}' needs the env's action map")
@@ -131,5 +163,5 @@ def make_policy(name: str, n_actions: int, sticky_mean_steps: float = 4.0,
 
 def check_policy_name(name: str) -> None:
     scripted = name == "never_fire" or (name.startswith("fire_every_") and name.removeprefix("fire_every_").isdigit())
-    if name not in ("random", "sticky_random") and not scripted and not name.startswith("agent:"):
+    if name not in ("random", "sticky_random", "random_fire_rate") and not scripted and not name.startswith("agent:"):
         raise ValueError(f"unknown collect.policy '{name}'; available: {', '.join(POLICIES)}")

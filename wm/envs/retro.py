@@ -111,9 +111,13 @@ class RetroEnv(gym.Env):
         self._prev_action = 0
         self._t = 0
         idle = np.zeros(self.n_buttons, np.uint8)
+        last = None
         for _ in range(int(self._rng.integers(0, self.cfg.noop_max + 1)) * self.cfg.frameskip):
+            last = obs
             obs, _, _, _, info = self._emu.step(idle)
             self.emu_frames += 1
+        if self.cfg.maxpool and last is not None:  # as every step's observation
+            obs = np.maximum(obs, last)
         return self._resize(obs), {**info, "buttons": idle, "lives": int(info.get("lives", -1))}
 
     def step(self, action: int):

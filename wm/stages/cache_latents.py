@@ -18,29 +18,14 @@ import torch
 from tqdm import tqdm
 
 from wm.atomic import atomic_dir, write_json_atomic
-from wm.config import Config, TokenizerConfig, from_dict
+from wm.config import Config
 from wm.data.shards import MANIFEST, SPLITS, _npy, iter_shard, read_manifest, shard_paths, write_split
 from wm.models.tokenizer import Tokenizer
 from wm.provenance import code_version
-from wm.training.checkpoint import CheckpointError
-from wm.training.trainer import CHECKPOINT, load_trained
+from wm.training.trainer import CHECKPOINT
+from wm.world_model import load_tokenizer
 
 METRICS_PATH = Path("data/metrics/cache_latents.json")
-
-
-def load_tokenizer(ckpt_dir: str | Path, device: torch.device | None = None) -> tuple[Tokenizer, dict[str, Any]]:
-    """The trained tokenizer, built from the config saved in its checkpoint (so it always fits)."""
-    path = Path(ckpt_dir) / CHECKPOINT
-    from wm.training.checkpoint import load_checkpoint
-
-    saved = load_checkpoint(path).get("config")
-    if not saved or "tokenizer" not in saved:
-        raise CheckpointError(f"{path} has no saved tokenizer config; retrain it with `wm train-tokenizer`")
-    tcfg = from_dict(TokenizerConfig, saved["tokenizer"], "tokenizer")
-    model = Tokenizer(tcfg, saved["env"]["height"], saved["env"]["width"])
-    load_trained(model, path)
-    model.eval().requires_grad_(False)
-    return model.to(device or torch.device("cpu")), saved
 
 
 @torch.no_grad()

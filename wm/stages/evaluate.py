@@ -114,13 +114,15 @@ def imagined_rates(cfg: Config) -> dict[str, float]:
 
     from wm.data.shards import make_clip_loader
     from wm.envs.imagined import ImaginedEnv, imagined_reward_rate
-    from wm.envs.neural_policy import load_agent
     from wm.envs.policies import FireSchedule
+    from wm.world_model import WorldModel
 
     e, r = cfg.eval, cfg.rl
-    world, _ = load_agent(cfg.rl.out_dir)  # the transformer and reward head PMPO learned in
-    bc, _ = load_agent(cfg.agent.out_dir)  # same frozen features, the behaviour-cloned head
-    gen = torch.Generator()
+    # the transformer, reward and continuation heads PMPO learned in, and the behaviour-cloned head
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    world, _ = WorldModel.load(cfg.rl.out_dir, steps=cfg.dynamics.sample_steps, device=device)
+    bc, _ = WorldModel.load(cfg.agent.out_dir, device=device)
+    gen = torch.Generator(device=device)
 
     def sampled(logits_fn: Any) -> Any:
         return lambda feat, t: torch.multinomial(logits_fn(feat)[:, 0].softmax(-1), 1, generator=gen).squeeze(-1)
@@ -130,16 +132,16 @@ def imagined_rates(cfg: Config) -> dict[str, float]:
         schedule = FireSchedule(cfg.env.action_map, every, tuple(cfg.env.tap_buttons))
         return lambda feat, t: schedule.actions(t, feat.shape[0], gen)
 
-    acts = {"random": lambda feat, t: torch.randint(0, world.n_actions, (feat.shape[0],), generator=gen),
-            "bc": sampled(bc.policy_logits), "pmpo": sampled(world.policy_logits),
+    acts = {"random": lambda feat, t: torch.randint(0, world.n_actions, (feat.shape[0],), generator=gen,
+                                                        device=device),
+            "bc": sampled(bc.agent.policy_logits), "pmpo": sampled(world.agent.policy_logits),
             **{name: scripted(name) for name in SCRIPTED}}
     seeds = [e.seed + i for i in range(math.ceil(e.imagined_episodes / r.num_envs))]
     rates = {}
     for name, act in acts.items():  # identical contexts and noise for every policy
         contexts = iter(make_clip_loader(cfg.latents.out_dir, "val", r.context, r.num_envs, shuffle=False,
                                          infinite=True))
-        env = ImaginedEnv(world, lambda _seed: next(contexts), r.num_envs, steps=cfg.dynamics.sample_steps,
-                          ctx_noise=cfg.dynamics.ctx_noise, max_steps=r.horizon, bins=world.bins)
+        env = ImaginedEnv(world, lambda _seed: next(contexts), r.num_envs, max_steps=r.horizon)
         gen.manual_seed(e.seed)
         rates[name] = imagined_reward_rate(env, act, seeds)
     return rates

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wm.atomic import write_json_atomic
-from wm.config import Config, DynamicsConfig, from_dict, to_dict
+from wm.config import Config, to_dict
 from wm.data.shards import make_clip_loader, train_batches
 from wm.models.agent import Agent, agent_view
 from wm.models.dynamics import Dynamics, shift_actions
@@ -35,24 +35,13 @@ from wm.objectives.mtp import mtp_targets, reward_targets
 from wm.objectives.shortcut import ShortcutLoss
 from wm.objectives.twohot import make_bins, twohot_decode, twohot_loss
 from wm.probes import average_precision, probe_scores, roc_auc
-from wm.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from wm.training.checkpoint import load_checkpoint, save_checkpoint
 from wm.training.heads import features, fit_heads, head_metrics
-from wm.training.trainer import CHECKPOINT, Trainer, load_trained
+from wm.training.trainer import CHECKPOINT, Trainer
+from wm.world_model import load_dynamics
 
 METRICS_PATH = Path("data/metrics/agent.json")
 LIVE_DIR = Path("data/metrics/agent")
-
-
-def load_dynamics(ckpt_dir: str | Path, n_actions: int) -> tuple[Dynamics, dict[str, Any]]:
-    """The trained dynamics model, built from the config saved in its checkpoint."""
-    path = Path(ckpt_dir) / CHECKPOINT
-    saved = load_checkpoint(path).get("config")
-    if not saved or "dynamics" not in saved:
-        raise CheckpointError(f"{path} has no saved dynamics config; retrain it with `wm train-dynamics`")
-    dcfg = from_dict(DynamicsConfig, saved["dynamics"], "dynamics")
-    model = Dynamics(dcfg, n_actions, saved["tokenizer"]["n_latents"], saved["tokenizer"]["latent_dim"])
-    load_trained(model, path)
-    return model, saved
 
 
 class AgentLoss(nn.Module):
@@ -190,12 +179,10 @@ def fit_and_measure_heads(agent: Agent, cfg: Config) -> dict[str, Any]:
     out: dict[str, Any] = {**head_metrics(agent, val), **logs, "heads/train_rows": int(len(train["reward"])),
                            "heads/features_s": round(feat_s, 1)}
     # probes on the same targets: does a small classifier find the kills in the latents? in pixels?
-    kill_train, kill_val = train["reward"] > 0, val["reward"] > 0
-    one = slice(None, None, a.head_draws)  # one row per transition (the draws share latents and targets)
-    scores = probe_scores(train["latents"][one].flatten(1), kill_train[one], val["latents"].flatten(1),
+    scores = probe_scores(train["latents"].flatten(1), train["kill"], val["latents"].flatten(1),
                           steps=a.probe_steps, seed=a.train.seed)
-    out["reward/probe_auc/latents"] = roc_auc(scores, kill_val.numpy())
-    out["reward/probe_ap/latents"] = average_precision(scores, kill_val.numpy())
+    out["reward/probe_auc/latents"] = roc_auc(scores, val["kill"].numpy())
+    out["reward/probe_ap/latents"] = average_precision(scores, val["kill"].numpy())
     px_train = _frame_pairs(cfg.latents.in_dir, "train", a.head_rows // a.head_draws, a.train.seed)
     px_val = _frame_pairs(cfg.latents.in_dir, "val", None, 0)
     scores = probe_scores(px_train[0], px_train[1], px_val[0], steps=a.probe_steps, seed=a.train.seed)

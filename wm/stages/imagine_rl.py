@@ -7,11 +7,17 @@ policy ``horizon`` steps with the K-step sampler, and hands the trajectories to
 continuation head and the value head; the value head regresses them (two-hot), after
 ``rl.value_warmup`` value-only iterations the policy head takes a PMPO step on the signs of
 the centred advantages, with a reverse KL (``rl.beta``) to the frozen behaviour-cloned head.
+
+Every ``rl.ckpt_every`` iterations the heads, the optimizer, the sampling generator and the
+history are checkpointed atomically; ``--resume`` continues from there exactly (the contexts
+and imagination noise are functions of the iteration). A non-finite loss stops the run with
+``NonFiniteLossError`` and leaves the last good checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from pathlib import Path
@@ -23,12 +29,12 @@ from wm.atomic import write_json_atomic
 from wm.config import Config, to_dict
 from wm.data.shards import make_clip_loader
 from wm.envs.imagined import ImaginedEnv
-from wm.envs.neural_policy import load_agent
 from wm.objectives.twohot import make_bins
-from wm.training.checkpoint import save_checkpoint
 from wm.training.logging import RunLogger
 from wm.training.pmpo_learner import PMPOLearner
-from wm.training.trainer import CHECKPOINT
+from wm.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from wm.training.trainer import CHECKPOINT, NonFiniteLossError
+from wm.world_model import WorldModel
 
 METRICS_PATH = Path("data/metrics/imagine_rl.json")
 LIVE_DIR = Path("data/metrics/imagine_rl")
@@ -38,7 +44,9 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     r = cfg.rl
     start = time.perf_counter()
     torch.manual_seed(r.seed)
-    agent, saved = load_agent(cfg.agent.out_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    world, saved = WorldModel.load(cfg.agent.out_dir, steps=cfg.dynamics.sample_steps, device=device)
+    agent = world.agent
     agent.requires_grad_(False)
     prior_head = copy.deepcopy(agent.policy_head)  # the behaviour-cloned policy, frozen
     heads = [agent.policy_head, agent.value_head]
@@ -50,19 +58,40 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
         return prior_head(feat).unflatten(-1, (agent.mtp, agent.n_actions))[..., 0, :]
 
     learner = PMPOLearner(lambda feat: agent.policy_logits(feat)[..., 0, :], agent.value_logits, prior, params, r,
-                          make_bins(agent.bins))
+                          make_bins(agent.bins).to(device))
 
     loader = make_clip_loader(cfg.latents.out_dir, "train", r.context, r.num_envs, infinite=True, seed=r.seed,
                               shuffle_buffer=cfg.data.shuffle_buffer)
     batches = iter(loader)
-    env = ImaginedEnv(agent, lambda seed: next(batches), r.num_envs, steps=cfg.dynamics.sample_steps,
-                      ctx_noise=cfg.dynamics.ctx_noise, max_steps=r.horizon, bins=agent.bins)
-    logger = RunLogger(LIVE_DIR, wandb_mode=r.wandb, project="imagine_rl", config=to_dict(cfg),
-                       total_steps=r.iterations, desc="imagine_rl")
+    env = ImaginedEnv(world, lambda seed: next(batches), r.num_envs, max_steps=r.horizon)
     history: list[dict[str, float]] = []
-    gen = torch.Generator().manual_seed(r.seed)
+    gen = torch.Generator(device=device).manual_seed(r.seed)
+    out_dir = Path(r.out_dir)
+    run_config = {**saved, "rl": to_dict(cfg)["rl"]}
+    first_it = 0
+    if resume:
+        state = load_checkpoint(out_dir / CHECKPOINT)
+        if state.get("config", {}).get("rl") != run_config["rl"] or "learner" not in state:
+            raise CheckpointError(f"{out_dir / CHECKPOINT} is not a resumable checkpoint of this rl config; "
+                                  "run without --resume")
+        agent.load_state_dict(state["model"])
+        learner.load_state_dict(state["learner"])
+        gen.set_state(state["generator"])
+        history = state["history"]
+        first_it = state["step"]
+        for _ in range(first_it):  # one context batch per iteration
+            next(batches)
+
+    logger = RunLogger(LIVE_DIR, wandb_mode=r.wandb, project="imagine_rl", config=to_dict(cfg),
+                       total_steps=r.iterations, start_step=first_it, desc="imagine_rl")
+
+    def save(done: int) -> None:
+        state = {"model": agent.state_dict(), "step": done, "config": run_config, "learner": learner.state_dict(),
+                 "generator": gen.get_state(), "history": history}
+        save_checkpoint(out_dir / CHECKPOINT, state, run_config)
+
     try:
-        for it in range(r.iterations):
+        for it in range(first_it, r.iterations):
             _, info = env.reset(seed=r.seed * 100_000 + it)
             feats, actions, rewards, conts = [info["features"]], [], [], []
             for _ in range(r.horizon):
@@ -71,23 +100,26 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
                     a = torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(-1)
                 _, rew, _, _, info = env.step(a)
                 actions.append(a)
-                rewards.append(torch.as_tensor(rew))
+                rewards.append(torch.as_tensor(rew, device=device))
                 conts.append(info["continue"])
                 feats.append(info["features"])
             # (N, H + 1, D) features, no grad: the transformer is frozen
             logs = learner.update(torch.stack(feats, dim=1), torch.stack(actions, dim=1),
                                   torch.stack(rewards, dim=1).float(), torch.stack(conts, dim=1).float())
+            if not all(math.isfinite(v) for v in logs.values()):
+                raise NonFiniteLossError(f"imagine_rl: non-finite loss at iteration {it + 1} ({logs}); "
+                                         f"the last good checkpoint is kept in {out_dir}")
             history.append(logs)
             if (it + 1) % r.log_every == 0 or it + 1 == r.iterations:
                 logger.log(it + 1, logs)
+            if r.ckpt_every > 0 and (it + 1) % r.ckpt_every == 0 and it + 1 < r.iterations:
+                save(it + 1)
             logger.progress(1, ret=f"{logs['rl/imagined_return']:.2f}")
     finally:
         logger.close(history[-1] if history else None)
     if int(os.environ.get("RANK", "0")) != 0:
         return {}
-    out_dir = Path(r.out_dir)
-    state = {"model": agent.state_dict(), "step": r.iterations, "config": {**saved, "rl": to_dict(cfg)["rl"]}}
-    save_checkpoint(out_dir / CHECKPOINT, state, state["config"])
+    save(r.iterations)
     first = history[: max(1, len(history) // 10)]
     last = history[-max(1, len(history) // 10) :]
 

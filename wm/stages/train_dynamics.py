@@ -26,12 +26,13 @@ from wm.atomic import write_bytes_atomic, write_json_atomic
 from wm.config import Config, to_dict
 from wm.data.shards import make_clip_loader, train_batches
 from wm.metrics import psnr
-from wm.models.dynamics import Dynamics, rollout, shift_actions
+from wm.models.dynamics import Dynamics, shift_actions
 from wm.models.tokenizer import Tokenizer
 from wm.models.transformer import Block
 from wm.objectives.shortcut import ShortcutLoss
-from wm.stages.cache_latents import load_tokenizer
+from wm.timing import synced_clock
 from wm.training.trainer import Trainer
+from wm.world_model import load_tokenizer, rollout
 
 METRICS_PATH = Path("data/metrics/dynamics.json")
 LIVE_DIR = Path("data/metrics/dynamics")
@@ -142,10 +143,11 @@ def measure_fps(model: Dynamics, z_ctx: torch.Tensor, prev: torch.Tensor, cfg: C
     c = dyn.context
     rollout(model, z_ctx[:1, :c], prev[:1, :c], prev[:1, c : c + 2], dyn.sample_steps, dyn.ctx_noise,
             use_cache=use_cache)  # warm-up
-    start = time.perf_counter()
+    device = z_ctx.device
+    start = synced_clock(device)
     rollout(model, z_ctx[:1, :c], prev[:1, :c], prev[:1, c : c + frames], dyn.sample_steps, dyn.ctx_noise,
             use_cache=use_cache)
-    return frames / (time.perf_counter() - start)
+    return frames / (synced_clock(device) - start)
 
 
 def save_rollout_gif(real: torch.Tensor, imagined: torch.Tensor, path: Path, n: int = 4, scale: int = 2) -> None:

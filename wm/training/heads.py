@@ -32,24 +32,27 @@ from wm.probes import average_precision, roc_auc
 def features(agent: Agent, batches: Iterable[dict[str, torch.Tensor]], ctx_noise: float, draws: int = 1,
              max_rows: int | None = None) -> dict[str, torch.Tensor]:
     """Agent features of every frame after the first, with the reward and continuation of the
-    transition into it: ``feat`` (N, D), ``reward`` (N,), ``cont`` (N,), ``latents`` (N, 2, L, dz)
-    (this frame and the one before, for probes)."""
+    transition into it: ``feat`` (N, D), ``reward`` (N,), ``cont`` (N,), one row per transition
+    and noise draw; and once per transition ``latents`` (M, 2, L, dz) (this frame and the one
+    before) with ``kill`` (M,) (reward > 0), for probes."""
     device = next(agent.parameters()).device
     k_max = agent.dynamics.cfg.k_max
-    out: dict[str, list[torch.Tensor]] = {"feat": [], "reward": [], "cont": [], "latents": []}
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("feat", "reward", "cont", "latents", "kill")}
     rows = 0
     for batch in batches:
         z = batch["latents"].to(device).float()
         prev = shift_actions(batch["actions"].to(device))
         task = torch.zeros(len(z), dtype=torch.long, device=device)
-        for _ in range(draws):
+        for _ in range(draws):  # feature rows: draw-major within each batch
             noisy, tau, d = agent_view(z, ctx_noise, k_max)
             _, feat = agent(noisy, tau, d, prev, task)
             out["feat"].append(feat[:, 1:].flatten(0, 1).float().cpu())
             out["reward"].append(batch["rewards"][:, :-1].flatten().float())
             out["cont"].append(batch["continues"][:, :-1].flatten().float())
-            out["latents"].append(torch.stack([z[:, 1:], z[:, :-1]], 2).flatten(0, 1).cpu())
             rows += out["feat"][-1].shape[0]
+        # once per transition (not per draw), for probes on the latents themselves
+        out["latents"].append(torch.stack([z[:, 1:], z[:, :-1]], 2).flatten(0, 1).cpu())
+        out["kill"].append(batch["rewards"][:, :-1].flatten() > 0)
         if max_rows is not None and rows >= max_rows:
             break
     return {k: torch.cat(v) for k, v in out.items()}
@@ -58,7 +61,8 @@ def features(agent: Agent, batches: Iterable[dict[str, torch.Tensor]], ctx_noise
 def fit_heads(agent: Agent, data: dict[str, torch.Tensor], steps: int, batch: int = 1024, lr: float = 1e-3,
               seed: int = 0) -> dict[str, float]:
     """Train the reward head (offset 0) and the continuation head on cached features."""
-    bins = make_bins(agent.bins)
+    device = next(agent.parameters()).device
+    bins = make_bins(agent.bins).to(device)
     params = [*agent.reward_head.parameters(), *agent.cont_head.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
@@ -67,9 +71,9 @@ def fit_heads(agent: Agent, data: dict[str, torch.Tensor], steps: int, batch: in
     with torch.enable_grad():
         for _ in range(steps):
             idx = torch.randint(0, len(feat), (batch,), generator=gen)
-            f = feat[idx]
-            rl = twohot_loss(agent.reward_logits(f)[:, 0], reward[idx], bins).mean()
-            cl = F.binary_cross_entropy_with_logits(agent.cont_logit(f), cont[idx])
+            f = feat[idx].to(device)
+            rl = twohot_loss(agent.reward_logits(f)[:, 0], reward[idx].to(device), bins).mean()
+            cl = F.binary_cross_entropy_with_logits(agent.cont_logit(f), cont[idx].to(device))
             opt.zero_grad(set_to_none=True)
             (rl + cl).backward()
             opt.step()
@@ -79,9 +83,11 @@ def fit_heads(agent: Agent, data: dict[str, torch.Tensor], steps: int, batch: in
 
 @torch.no_grad()
 def head_metrics(agent: Agent, data: dict[str, torch.Tensor]) -> dict[str, float]:
-    bins = make_bins(agent.bins)
-    pred = torch.cat([twohot_decode(agent.reward_logits(f)[:, 0], bins) for f in data["feat"].split(4096)]).numpy()
-    p_cont = torch.cat([torch.sigmoid(agent.cont_logit(f)) for f in data["feat"].split(4096)]).numpy()
+    device = next(agent.parameters()).device
+    bins = make_bins(agent.bins).to(device)
+    chunks = [f.to(device) for f in data["feat"].split(4096)]
+    pred = torch.cat([twohot_decode(agent.reward_logits(f)[:, 0], bins).cpu() for f in chunks]).numpy()
+    p_cont = torch.cat([torch.sigmoid(agent.cont_logit(f)).cpu() for f in chunks]).numpy()
     reward, cont = data["reward"].numpy(), data["cont"].numpy()
     kill, lost = reward > 0, cont < 0.5
     return {

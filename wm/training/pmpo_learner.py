@@ -64,7 +64,9 @@ class PMPOLearner:
         with torch.no_grad():
             prior = self.prior(feat[:, :-1])
         policy_loss, plogs = pmpo_loss(logits, actions, adv, prior, alpha=r.alpha, beta=r.beta)
-        loss = value_loss + (policy_loss if step_policy else 0.0 * policy_loss)
+        # a skipped policy step leaves the policy's gradients None, so AdamW leaves those
+        # parameters (and their moment estimates) alone; a zero gradient would still move them
+        loss = value_loss + policy_loss if step_policy else value_loss
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, r.grad_clip)

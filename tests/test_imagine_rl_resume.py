@@ -1,0 +1,95 @@
+"""`wm imagine-rl --resume` continues exactly: an interrupted run, resumed, ends with the same
+weights and metrics as an uninterrupted one; a non-finite loss stops it with a clear error."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import make_cfg
+from wm.config import to_dict
+from wm.models.agent import Agent
+from wm.models.dynamics import Dynamics
+from wm.models.tokenizer import Tokenizer
+from wm.stages import cache_latents, imagine_rl
+from wm.training.checkpoint import load_checkpoint, save_checkpoint
+from wm.training.pmpo_learner import PMPOLearner
+from wm.training.trainer import CHECKPOINT, NonFiniteLossError
+
+
+@pytest.fixture(scope="module")
+def rl_setup(debug_data, debug_raw, tmp_path_factory):
+    base = tmp_path_factory.mktemp("rl")
+    cfg = make_cfg(debug_raw, f"latents.in_dir={debug_data['cfg'].shard.out_dir}", f"latents.out_dir={base / 'latents'}",
+                   f"tokenizer.out_dir={base / 'tok'}", f"agent.out_dir={base / 'agent'}", "rl.iterations=6",
+                   "rl.ckpt_every=2", "rl.value_warmup=1", "rl.guard_low=0.0", "rl.guard_high=1.0")
+    torch.manual_seed(0)
+    tok = Tokenizer(cfg.tokenizer, cfg.env.height, cfg.env.width)
+    save_checkpoint(base / "tok" / CHECKPOINT, {"model": tok.state_dict(), "step": 0, "config": to_dict(cfg)},
+                    to_dict(cfg))
+    dyn = Dynamics(cfg.dynamics, len(cfg.env.action_map), cfg.tokenizer.n_latents, cfg.tokenizer.latent_dim)
+    agent = Agent(dyn, n_tasks=1, mtp=cfg.agent.mtp, bins=cfg.agent.bins)
+    torch.nn.init.normal_(agent.reward_head[-1].weight)  # a reward to learn from
+    save_checkpoint(base / "agent" / CHECKPOINT, {"model": agent.state_dict(), "step": 0, "config": to_dict(cfg)},
+                    to_dict(cfg))
+    cwd = os.getcwd()
+    os.chdir(base)
+    try:
+        cache_latents.run(cfg)
+    finally:
+        os.chdir(cwd)
+    return base, cfg
+
+
+def _run(base, cfg, out, resume=False):
+    from dataclasses import replace
+
+    cfg = replace(cfg, rl=replace(cfg.rl, out_dir=str(base / out)))
+    os.makedirs(base / out, exist_ok=True)
+    cwd = os.getcwd()
+    os.chdir(base / out)  # metrics land under <out>/data/metrics
+    try:
+        return imagine_rl.run(cfg, resume=resume)
+    finally:
+        os.chdir(cwd)
+
+
+def test_interrupted_run_resumes_to_the_same_result(rl_setup, monkeypatch):
+    base, cfg = rl_setup
+    ref = _run(base, cfg, "ref")
+    real_update = PMPOLearner.update
+    calls = {"n": 0}
+
+    def crash_at_5(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("killed")
+        return real_update(self, *args, **kwargs)
+
+    monkeypatch.setattr(PMPOLearner, "update", crash_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        _run(base, cfg, "kill")
+    assert load_checkpoint(base / "kill" / CHECKPOINT)["step"] == 4  # the last periodic checkpoint
+    monkeypatch.setattr(PMPOLearner, "update", real_update)
+    got = _run(base, cfg, "kill", resume=True)
+    a, b = load_checkpoint(base / "ref" / CHECKPOINT), load_checkpoint(base / "kill" / CHECKPOINT)
+    assert a["step"] == b["step"] == 6
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    drop = {"wall_s"}
+    assert {k: v for k, v in ref.items() if k not in drop} == {k: v for k, v in got.items() if k not in drop}
+    assert json.loads((base / "kill" / "data/metrics/imagine_rl.json").read_text())["rl/policy_steps"] == 5
+
+
+def test_non_finite_loss_stops_with_a_clear_error(rl_setup, monkeypatch):
+    base, cfg = rl_setup
+    real_update = PMPOLearner.update
+
+    def nan_update(self, *args, **kwargs):
+        logs = real_update(self, *args, **kwargs)
+        return {**logs, "rl/value_loss": float("nan")} if self.iteration == 3 else logs
+
+    monkeypatch.setattr(PMPOLearner, "update", nan_update)
+    with pytest.raises(NonFiniteLossError, match="iteration 3"):
+        _run(base, cfg, "nan")
+    assert load_checkpoint(base / "nan" / CHECKPOINT)["step"] == 2

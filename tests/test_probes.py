@@ -1,0 +1,37 @@
+import numpy as np
+import pytest
+import torch
+
+from wm.data.episodes import continuation
+from wm.probes import average_precision, probe_scores, roc_auc
+
+
+def test_roc_auc_and_average_precision_by_hand():
+    labels = np.array([1, 0, 1, 0, 0], bool)
+    assert roc_auc(np.array([0.9, 0.1, 0.8, 0.3, 0.2]), labels) == 1.0
+    assert roc_auc(np.array([0.1, 0.9, 0.2, 0.8, 0.7]), labels) == 0.0
+    # pairs (pos, neg): 0.5 > {0.4, 0.1} and 0.3 > 0.1, ties with 0.5 count half: (2 + 1 + 0.5 + 0) / 6
+    assert roc_auc(np.array([0.5, 0.4, 0.3, 0.5, 0.1]), labels) == pytest.approx((2 + 0.5 + 1) / 6)
+    assert roc_auc(np.zeros(5), labels) == 0.5  # a constant ranks nothing
+    assert np.isnan(roc_auc(np.zeros(3), np.zeros(3, bool)))
+    # AP: positives at ranks 1 and 3 -> (1/1 + 2/3) / 2
+    assert average_precision(np.array([0.9, 0.8, 0.7, 0.1, 0.0]), np.array([1, 0, 1, 0, 0], bool)) == pytest.approx(5 / 6)
+
+
+def test_probe_finds_a_learnable_event_and_not_noise():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 20, generator=gen)
+    y = (x[:, 3] + 0.5 * x[:, 7] > 1.2)
+    scores = probe_scores(x[:2000], y[:2000], x[2000:], steps=300)
+    assert roc_auc(scores, y[2000:].numpy()) > 0.95
+    noise = torch.rand(3000, generator=gen) < 0.1
+    scores = probe_scores(x[:2000], noise[:2000], x[2000:], steps=300)
+    assert abs(roc_auc(scores, noise[2000:].numpy()) - 0.5) < 0.1
+
+
+def test_continuation_targets_from_lives():
+    lives = np.array([3, 3, 2, 2, 2, 1, 1, 0], np.int16)
+    terminals = np.array([0, 0, 0, 0, 0, 0, 0, 1], bool)
+    assert continuation(lives, terminals).tolist() == [1, 1, 0, 1, 1, 0, 1, 0]
+    # unknown lives (-1): only the terminal ends it
+    assert continuation(np.full(4, -1), np.array([0, 0, 0, 1], bool)).tolist() == [1, 1, 1, 0]
