@@ -1,5 +1,6 @@
 """The data stages through DVC itself, in a throwaway copy of the repository."""
 
+import pytest
 import json
 import subprocess
 import time
@@ -15,6 +16,7 @@ def run(cmd, cwd, **kw):
     return proc
 
 
+@pytest.mark.slow
 def test_debug_dvc_pipeline_end_to_end(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     run(["git", "init", "-q"], repo)

@@ -37,6 +37,7 @@ def test_dask_collection_gives_the_same_episodes(debug_data, tmp_path, monkeypat
         assert np.array_equal(a.frames, b.frames) and np.array_equal(a.actions, b.actions)
 
 
+@pytest.mark.slow
 def test_pipeline_flow_runs_debug_preset_and_skips_unchanged(tmp_path, prefect_harness):
     import subprocess
 

@@ -1,6 +1,7 @@
 """A real `prefect server start` on loopback: prefect.yaml's deployments apply with their cron
 schedules, and a triggered run of the pipeline deployment completes on a process worker."""
 
+import pytest
 import json
 import os
 import signal
@@ -32,6 +33,7 @@ def _run(cmd, cwd, env, timeout=180):
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_server_schedule_and_triggered_run(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     env = env_with_venv()

@@ -105,6 +105,7 @@ def _retrain_cmd(repo):
     return [sys.executable, "-m", "flows.retrain", "--repo", str(repo), "--preset", "debug", "--frames", "600"]
 
 
+@pytest.mark.slow
 def test_retrain_iteration_then_killed_iteration_keeps_previous_version(tmp_path):
     """One real iteration on the debug preset adds a dataset version and a record; a second one
     SIGKILLed mid-training leaves iteration 1 intact, and a re-run completes it."""

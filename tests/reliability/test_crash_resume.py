@@ -1,5 +1,6 @@
 """Crash safety: a SIGKILLed training run resumes to exactly the uninterrupted result."""
 
+import pytest
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from wm.training.checkpoint import load_checkpoint
 import torch
 
 
+@pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted_run(debug_data, tmp_path):
     """SIGKILL a real `wm train-tokenizer` mid-run; --resume then reproduces the loss curve."""
     shards = debug_data["cfg"].shard.out_dir

@@ -1,5 +1,6 @@
 """A DVC stage killed mid-way is re-run cleanly by the next `dvc repro`."""
 
+import pytest
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import time
 from conftest import copy_repo, env_with_venv
 
 
+@pytest.mark.slow
 def test_interrupted_stage_reruns_cleanly(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     (repo / "dvc.lock").unlink(missing_ok=True)  # start from a repository that never ran a stage
