@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from wm.models.agent import Agent
+from wm.models.agent import Agent, agent_view
 from wm.models.dynamics import Dynamics, context_level
 from wm.models.tokenizer import Tokenizer
 from wm.models.transformer import KVCache
@@ -112,7 +112,7 @@ class WorldModel:
 
     def context(self, z: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Clean latents as context: signal level tau_ctx."""
-        return (1 - self.tau_ctx) * noise + self.tau_ctx * z
+        return agent_view(z, self.ctx_noise, self.k_max, noise)[0]
 
     def observe(self, z: torch.Tensor, prev_actions: torch.Tensor, cache: KVCache | None,
                 generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -120,9 +120,8 @@ class WorldModel:
         cache as context; the agent features (B, T, D) of those frames (None without an agent)."""
         if noise is None:
             noise = torch.randn(z.shape, device=z.device, generator=generator)
-        b, t = z.shape[:2]
-        _, feat = self._forward(self.context(z, noise), torch.full((b, t), self.tau_ctx, device=z.device),
-                                torch.full((b, t), self.d_min, device=z.device), prev_actions, cache)
+        noisy, tau, d = agent_view(z, self.ctx_noise, self.k_max, noise)
+        _, feat = self._forward(noisy, tau, d, prev_actions, cache)
         return feat
 
     def sample(self, action: torch.Tensor, cache: KVCache | None, generator: torch.Generator | None = None,

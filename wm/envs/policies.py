@@ -119,8 +119,6 @@ class RandomFireRate(FireSchedule):
     while the average rate, and the behaviour-cloned prior, stay those of uniform play.
     """
 
-    name = "random_fire_rate"
-
     def __init__(self, action_map: list[list[str]], fire: tuple[str, ...] = ("B",)):
         super().__init__(action_map, 1, fire)
         self.name = "random_fire_rate"

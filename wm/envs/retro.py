@@ -82,7 +82,7 @@ class RetroEnv(gym.Env):
             raise ValueError(f"env.fire_mode must be 'hold' or 'tap', got '{cfg.fire_mode}'")
         if cfg.noop_max < 0:
             raise ValueError(f"env.noop_max must be >= 0, got {cfg.noop_max}")
-        self._tap_mask = build_button_table([list(cfg.tap_buttons)], self.buttons, cfg.game)[0].astype(bool)
+        self.tap_mask = build_button_table([list(cfg.tap_buttons)], self.buttons, cfg.game)[0].astype(bool)
         self.action_space = gym.spaces.Discrete(len(self.button_table))
         self.observation_space = gym.spaces.Box(0, 255, (cfg.height, cfg.width, 3), np.uint8)
         self._rng = np.random.default_rng()
@@ -128,7 +128,7 @@ class RetroEnv(gym.Env):
             action = self._prev_action
         self._prev_action = action
         buttons = self.button_table[action]
-        released = buttons * ~self._tap_mask if self.cfg.fire_mode == "tap" else buttons
+        released = buttons * ~self.tap_mask if self.cfg.fire_mode == "tap" else buttons
         total = 0.0
         terminated = truncated = False
         info: dict[str, Any] = {}

@@ -87,9 +87,11 @@ class Agent(nn.Module):
         return self.value_head(feat)
 
 
-def agent_view(z: torch.Tensor, ctx_noise: float, k_max: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Latents as the agent sees them in imagination: signal level 1 - ctx_noise, finest step."""
+def agent_view(z: torch.Tensor, ctx_noise: float, k_max: int, noise: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Latents as the agent sees them in imagination: signal level 1 - ctx_noise, finest step.
+    ``noise`` defaults to a fresh standard normal draw. -> (noisy latents, tau (B, T), d (B,))."""
     b, t = z.shape[:2]
     tau_c = context_level(ctx_noise, k_max)
-    noisy = (1 - tau_c) * torch.randn_like(z) + tau_c * z
+    noisy = (1 - tau_c) * (torch.randn_like(z) if noise is None else noise) + tau_c * z
     return noisy, torch.full((b, t), tau_c, device=z.device), torch.full((b,), 1.0 / k_max, device=z.device)

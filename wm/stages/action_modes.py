@@ -53,7 +53,7 @@ def _episode(seed: int) -> dict[str, Any]:
 
     env = _STATE["env"]
     ep = play_episode(env, _STATE["policy"], seed)
-    presses = fire_presses(ep.buttons, env._tap_mask, env.cfg.fire_mode)
+    presses = fire_presses(ep.buttons, env.tap_mask, env.cfg.fire_mode)
     return {"seed": seed, "ret": ep.ret, "len": len(ep), "presses": presses, "rewards": ep.rewards}
 
 

@@ -156,11 +156,12 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     return metrics
 
 
-def _clips(shard_dir: str, split: str, clip_len: int, batch: int, seed: int, rows: int | None):
-    """Shuffled train clips (``rows`` transitions' worth) or every held-out clip in order."""
+def _clips(shard_dir: str, split: str, clip_len: int, seed: int = 0, rows: int | None = None):
+    """Shuffled train clips (``rows`` transitions' worth, batches of 16) or every held-out clip in
+    order (batches of 4, so a small held-out split still fills one)."""
     if split == "train":
-        loader = make_clip_loader(shard_dir, split, clip_len, batch, infinite=True, seed=seed)
-        return itertools.islice(iter(loader), -(-rows // (batch * (clip_len - 1))))
+        loader = make_clip_loader(shard_dir, split, clip_len, 16, infinite=True, seed=seed)
+        return itertools.islice(iter(loader), -(-rows // (16 * (clip_len - 1))))
     return iter(make_clip_loader(shard_dir, split, clip_len, 4, shuffle=False))
 
 
@@ -171,9 +172,9 @@ def fit_and_measure_heads(agent: Agent, cfg: Config) -> dict[str, Any]:
     clip_len = cfg.rl.context + cfg.rl.horizon
     torch.manual_seed(a.train.seed)
     t0 = time.perf_counter()
-    train = features(agent, _clips(cfg.latents.out_dir, "train", clip_len, 16, a.train.seed, a.head_rows),
+    train = features(agent, _clips(cfg.latents.out_dir, "train", clip_len, a.train.seed, a.head_rows),
                      cfg.dynamics.ctx_noise, draws=a.head_draws)
-    val = features(agent, _clips(cfg.latents.out_dir, "val", clip_len, 16, 0, None), cfg.dynamics.ctx_noise)
+    val = features(agent, _clips(cfg.latents.out_dir, "val", clip_len), cfg.dynamics.ctx_noise)
     feat_s = time.perf_counter() - t0
     logs = fit_heads(agent, train, a.head_steps, seed=a.train.seed)
     out: dict[str, Any] = {**head_metrics(agent, val), **logs, "heads/train_rows": int(len(train["reward"])),
@@ -195,7 +196,7 @@ def fit_and_measure_heads(agent: Agent, cfg: Config) -> dict[str, Any]:
 def _frame_pairs(shard_dir: str, split: str, rows: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(frame t, frame t - 1) as flat uint8 rows and "a kill in the transition into t"."""
     xs, ys, n = [], [], 0
-    for batch in _clips(shard_dir, split, 8, 16, seed, rows or 1):
+    for batch in _clips(shard_dir, split, 8, seed, rows):
         f = batch["frames"]  # (B, T, 3, H, W) uint8
         xs.append(torch.stack([f[:, 1:], f[:, :-1]], 2).flatten(0, 1).flatten(1))
         ys.append(batch["rewards"][:, :-1].flatten() > 0)

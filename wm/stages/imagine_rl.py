@@ -31,8 +31,8 @@ from wm.data.shards import make_clip_loader
 from wm.envs.imagined import ImaginedEnv
 from wm.objectives.twohot import make_bins
 from wm.training.logging import RunLogger
-from wm.training.pmpo_learner import PMPOLearner
 from wm.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from wm.training.pmpo_learner import PMPOLearner
 from wm.training.trainer import CHECKPOINT, NonFiniteLossError
 from wm.world_model import WorldModel
 

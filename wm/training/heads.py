@@ -29,8 +29,8 @@ from wm.probes import average_precision, roc_auc
 
 
 @torch.no_grad()
-def features(agent: Agent, batches: Iterable[dict[str, torch.Tensor]], ctx_noise: float, draws: int = 1,
-             max_rows: int | None = None) -> dict[str, torch.Tensor]:
+def features(agent: Agent, batches: Iterable[dict[str, torch.Tensor]], ctx_noise: float, draws: int = 1
+             ) -> dict[str, torch.Tensor]:
     """Agent features of every frame after the first, with the reward and continuation of the
     transition into it: ``feat`` (N, D), ``reward`` (N,), ``cont`` (N,), one row per transition
     and noise draw; and once per transition ``latents`` (M, 2, L, dz) (this frame and the one
@@ -38,7 +38,6 @@ def features(agent: Agent, batches: Iterable[dict[str, torch.Tensor]], ctx_noise
     device = next(agent.parameters()).device
     k_max = agent.dynamics.cfg.k_max
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("feat", "reward", "cont", "latents", "kill")}
-    rows = 0
     for batch in batches:
         z = batch["latents"].to(device).float()
         prev = shift_actions(batch["actions"].to(device))
@@ -49,12 +48,9 @@ def features(agent: Agent, batches: Iterable[dict[str, torch.Tensor]], ctx_noise
             out["feat"].append(feat[:, 1:].flatten(0, 1).float().cpu())
             out["reward"].append(batch["rewards"][:, :-1].flatten().float())
             out["cont"].append(batch["continues"][:, :-1].flatten().float())
-            rows += out["feat"][-1].shape[0]
         # once per transition (not per draw), for probes on the latents themselves
         out["latents"].append(torch.stack([z[:, 1:], z[:, :-1]], 2).flatten(0, 1).cpu())
         out["kill"].append(batch["rewards"][:, :-1].flatten() > 0)
-        if max_rows is not None and rows >= max_rows:
-            break
     return {k: torch.cat(v) for k, v in out.items()}
 
 

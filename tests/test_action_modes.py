@@ -1,0 +1,24 @@
+"""`wm action-modes` helpers: new fire presses per mode and the press -> reward lag lift, by hand."""
+
+import numpy as np
+import pytest
+
+from wm.stages.action_modes import fire_presses, reward_lag_lift
+
+
+def test_fire_presses_count_new_presses():
+    tap = np.array([True, False])  # button 0 is the tap button
+    buttons = np.array([[1, 0], [1, 1], [0, 1], [1, 0], [1, 0]], np.uint8)
+    # hold: a press counts only when the button was up the step before
+    assert fire_presses(buttons, tap, "hold").tolist() == [True, False, False, True, False]
+    # tap: the env presses anew on every fire step
+    assert fire_presses(buttons, tap, "tap").tolist() == [True, True, False, True, True]
+
+
+def test_reward_lag_lift_by_hand():
+    ep = {"presses": np.array([1, 0, 1, 0, 0, 0], bool), "rewards": np.array([0, 0, 20, 0, 20, 0], np.float32)}
+    lift = reward_lag_lift([ep], max_lag=3)
+    # lag 0: P(r | press) = 1/2, P(r | no press) = 1/4
+    assert lift[0] == pytest.approx(0.5 - 0.25)
+    # lag 2: presses at 0, 2 -> rewards at 2, 4 both > 0; no-press steps 1, 3 -> rewards at 3, 5: none
+    assert lift[2] == pytest.approx(1.0 - 0.0)
