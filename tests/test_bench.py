@@ -22,3 +22,18 @@ def test_bench_writes_every_figure(debug_data, tmp_path, monkeypatch):
     for key in expected:
         assert key in saved and saved[key] > 0, key
     assert saved == json.loads(json.dumps(out))
+
+
+def test_bench_skips_sections_and_rejects_unknown_ones(debug_cfg, tmp_path):
+    """`--skip collect` (a GPU image without the emulator) leaves those figures out and says so."""
+    import pytest
+
+    from wm import bench
+
+    out = bench.run(debug_cfg, seconds=0.2, skip=("collect", "loader", "generation"), out=tmp_path / "b.json")
+    assert out["skipped"] == ["collect", "generation", "loader"]
+    assert out["tokenizer/train_steps_per_s"] > 0 and out["dynamics/train_steps_per_s"] > 0
+    assert not any(k.startswith(("collect/", "fps/", "loader/")) for k in out)
+    assert json.loads((tmp_path / "b.json").read_text())["skipped"] == out["skipped"]
+    with pytest.raises(ValueError, match="unknown section"):
+        bench.run(debug_cfg, seconds=0.2, skip=("colect",), out=tmp_path / "c.json")

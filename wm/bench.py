@@ -50,6 +50,8 @@ def bench_tokenizer(cfg: Config, seconds: float, device: torch.device) -> dict[s
     model = Tokenizer(t, cfg.env.height, cfg.env.width).to(device)
     loss_fn = TokenizerLoss(t, None).to(device)
     opt = make_optimizer(model, t.train)
+    if t.train.compile:
+        model.compile()  # as the trainer does; the warm-up steps absorb the compile time
     frames = torch.randint(0, 256, (t.train.batch_size, t.train.clip_len, 3, cfg.env.height, cfg.env.width),
                            dtype=torch.uint8, device=device)
     ctx = autocast_context(t.train.precision, device)
@@ -79,6 +81,8 @@ def bench_dynamics(cfg: Config, seconds: float, device: torch.device) -> tuple[d
     model = Dynamics(d, len(cfg.env.action_map), t.n_latents, t.latent_dim).to(device)
     loss_fn = ShortcutLoss.from_config(d)
     opt = make_optimizer(model, d.train)
+    # compiled for the training step only; generation (growing KV-cache shapes) runs the eager module
+    train_model = torch.compile(model) if d.train.compile else model
     batch = {"latents": torch.tanh(torch.randn(d.train.batch_size, d.short_len, t.n_latents, t.latent_dim,
                                                device=device)),
              "actions": torch.randint(0, len(cfg.env.action_map), (d.train.batch_size, d.short_len), device=device)}
@@ -86,7 +90,7 @@ def bench_dynamics(cfg: Config, seconds: float, device: torch.device) -> tuple[d
 
     def step() -> None:
         with ctx:
-            loss, _ = loss_fn(model, batch)
+            loss, _ = loss_fn(train_model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -168,29 +172,50 @@ def bench_loader(cfg: Config, seconds: float, consume_steps_per_s: float) -> dic
             "loader/headroom": rate / max(consume_steps_per_s, 1e-9)}
 
 
-def run(cfg: Config, seconds: float = 8.0) -> dict[str, Any]:
+SECTIONS = ("tokenizer", "dynamics", "generation", "collect", "loader")
+
+
+def run(cfg: Config, seconds: float = 8.0, skip: tuple[str, ...] = (), out: Path = BENCH_PATH) -> dict[str, Any]:
+    """Every section unless named in ``skip`` (e.g. "collect" on a machine without the emulator;
+    "generation" needs "dynamics")."""
     from rich.console import Console
     from rich.table import Table
 
+    unknown = sorted(set(skip) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"wm bench --skip: unknown section(s) {unknown}; sections are {', '.join(SECTIONS)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
-    results: dict[str, Any] = {"preset": cfg.preset_name, "device": str(device), "threads": torch.get_num_threads()}
-    results.update(bench_tokenizer(cfg, seconds, device))
-    dyn, model = bench_dynamics(cfg, seconds, device)
-    results.update(dyn)
-    results.update(bench_generation(cfg, model, device, budget_s=6 * seconds))
-    results.update(bench_collection(cfg, seconds))
-    if (Path(cfg.shard.out_dir) / "manifest.json").exists():
+    results: dict[str, Any] = {"preset": cfg.preset_name, "device": str(device), "threads": torch.get_num_threads(),
+                               "skipped": sorted(skip)}
+    if device.type == "cuda":
+        results["device_name"] = torch.cuda.get_device_name()
+        results["torch"] = torch.__version__
+    if "tokenizer" not in skip:
+        results.update(bench_tokenizer(cfg, seconds, device))
+        results["tokenizer/compiled"] = bool(cfg.tokenizer.train.compile)
+    if "dynamics" not in skip:
+        dyn, model = bench_dynamics(cfg, seconds, device)
+        results.update(dyn)
+        results["dynamics/compiled"] = bool(cfg.dynamics.train.compile)
+        if "generation" not in skip:
+            results.update(bench_generation(cfg, model, device, budget_s=6 * seconds))
+    if "collect" not in skip:
+        results.update(bench_collection(cfg, seconds))
+    if "loader" not in skip and "tokenizer/train_steps_per_s" in results and (
+            Path(cfg.shard.out_dir) / "manifest.json").exists():
         results.update(bench_loader(cfg, seconds / 2, results["tokenizer/train_steps_per_s"]))
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         results["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
         peak = _gpu_peak_flops()
         if peak:
-            results["tokenizer/mfu"] = results["tokenizer/flops_per_s"] / peak
-            results["dynamics/mfu"] = results["dynamics/flops_per_s"] / peak
+            results["peak_bf16_flops"] = peak
+            for part in ("tokenizer", "dynamics"):
+                if f"{part}/flops_per_s" in results:
+                    results[f"{part}/mfu"] = results[f"{part}/flops_per_s"] / peak
     results["wall_s"] = round(time.perf_counter() - start, 1)
-    write_json_atomic(BENCH_PATH, results)
+    write_json_atomic(out, results)
     table = Table(title=f"wm bench ({cfg.preset_name}, {device})")
     table.add_column("figure")
     table.add_column("value", justify="right")

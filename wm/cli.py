@@ -47,9 +47,12 @@ def _compose(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _bench(args: argparse.Namespace) -> dict[str, Any]:
+    from pathlib import Path
+
     from wm.bench import run
 
-    return run(_load_cfg(args), seconds=args.seconds)
+    skip = tuple(x.strip() for x in args.skip.split(",") if x.strip())
+    return run(_load_cfg(args), seconds=args.seconds, skip=skip, out=Path(args.out))
 
 
 def _import_videos(args: argparse.Namespace) -> dict[str, Any]:
@@ -101,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="throughput figures -> data/metrics/bench.json")
     add_common(p)
     p.add_argument("--seconds", type=float, default=8.0, help="measuring time per figure")
+    p.add_argument("--skip", default="", help="comma-separated sections to leave out: "
+                   "tokenizer,dynamics,generation,collect,loader")
+    p.add_argument("--out", default="data/metrics/bench.json", help="where the JSON goes")
     p.set_defaults(func=_bench)
 
     from wm.inspect import add_parser as add_inspect

@@ -18,11 +18,15 @@ class RunLogger:
         self.bar = None
         if not enabled:
             return
-        from dvclive import Live
         from tqdm import tqdm
 
-        # dvcyaml=None: dvc.yaml is ours; save_dvc_exp=False: the DVC stage owns experiments.
-        self.live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=start_step > 0)
+        try:
+            from dvclive import Live
+        except ImportError as err:  # e.g. a bare GPU image: the stage's own metrics JSON still gets written
+            warnings.warn(f"dvclive unavailable ({err}): no per-step plots for this run", stacklevel=2)
+        else:
+            # dvcyaml=None: dvc.yaml is ours; save_dvc_exp=False: the DVC stage owns experiments.
+            self.live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=start_step > 0)
         if wandb_mode not in ("offline", "disabled", "online"):
             raise ValueError(f"train.wandb must be offline|disabled|online, got '{wandb_mode}'")
         mode = os.environ.get("WANDB_MODE", wandb_mode) if wandb_mode != "disabled" else "disabled"
@@ -39,14 +43,15 @@ class RunLogger:
     def log(self, step: int, metrics: dict[str, float], plot: bool = True) -> None:
         if not self.enabled:
             return
-        assert self.live is not None
+        if self.wandb_run is not None:
+            self.wandb_run.log(metrics, step=step)
+        if self.live is None:
+            return
         self.live.step = step
         for k, v in metrics.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 self.live.log_metric(k, v, plot=plot)
         self.live.next_step()  # writes the TSV rows and metrics.json now (crash-safe)
-        if self.wandb_run is not None:
-            self.wandb_run.log(metrics, step=step)
 
     def progress(self, n: int, **postfix: Any) -> None:
         if self.bar is not None:
