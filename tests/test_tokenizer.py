@@ -1,4 +1,5 @@
 import dataclasses
+import math
 import warnings
 
 import pytest
@@ -107,3 +108,60 @@ def test_image_metrics():
     assert avgpool2_baseline(x).shape == x.shape
     smooth = torch.ones(1, 3, 8, 8) * 0.5
     assert torch.equal(avgpool2_baseline(smooth), smooth)
+
+
+def test_stlpips_loads_offline_with_every_parameter_from_its_wheel(monkeypatch):
+    """The default perceptual net (shift-tolerant LPIPS) needs no network: every trunk and linear
+    parameter comes from the file inside the wheel, read with weights_only=True."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise OSError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    net, pretrained = perceptual.load_perceptual("stlpips_alex")
+    assert pretrained is True and net is not None and not net.training
+    state = torch.load(perceptual.stlpips_weights_path("alex"), map_location="cpu", weights_only=True)
+    loaded = net.state_dict()
+    assert any(k.startswith("net.") for k in state)  # the trunk is in the file
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    for i in range(5):  # the linear layers, reached through both of their names
+        assert torch.equal(net.lins[i].model[1].weight, state[f"lin{i}.model.1.weight"])
+    # every parameter has a value from the file (none left at its random init)
+    covered = set(state) | {f"lins.{i}.model.1.weight" for i in range(5)}
+    assert {name for name, _ in net.named_parameters()} <= covered
+    assert all(not p.requires_grad for p in net.parameters())
+    torch.manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8), size=64, mode="bilinear") * 2 - 1
+    assert net(x, x).abs().max().item() == 0.0
+    noisy = (x + 0.3 * torch.randn_like(x)).clamp(-1, 1)
+    shifted = torch.roll(x, 1, dims=-1)
+    # noise is far, a one-pixel shift is near (the point of the shift-tolerant variant)
+    assert (net(x, noisy).flatten() > 5 * net(x, shifted).flatten()).all()
+
+
+def test_perceptual_net_names_are_checked():
+    assert perceptual.load_perceptual("none") == (None, False)
+    with pytest.raises(ValueError, match="lpips_net must be one of"):
+        perceptual.load_perceptual("alexnet")
+
+
+def test_moving_psnr_by_hand():
+    """Two moving pixels (one changes in one channel only, both count), one change below 0.1
+    that does not; the model misses one moving value by 0.5: MSE 0.25 / 6 values -> 13.80 dB."""
+    from wm.metrics import masked_sq_error, moving_mask, pooled_psnr
+
+    prev = torch.zeros(1, 3, 4, 4)
+    cur = prev.clone()
+    cur[0, :, 0, 0] = 1.0           # a bullet appears (all channels)
+    cur[0, 0, 2, 3] = 0.8           # red only
+    cur[0, :, 3, 3] = 0.05          # flicker below the threshold
+    mask = moving_mask(prev, cur)
+    assert mask.shape == (1, 1, 4, 4) and mask.sum().item() == 2
+    pred = cur.clone()
+    pred[0, 1, 0, 0] = 0.5          # one value off by 0.5 inside the mask
+    pred[0, 0, 1, 1] = 0.9          # a big error outside the mask does not count
+    sq, n = masked_sq_error(pred, cur, mask)
+    assert n == 6 and sq == pytest.approx(0.25)
+    assert pooled_psnr(sq, n) == pytest.approx(10 * math.log10(24), abs=1e-4)
+    assert pooled_psnr(0.0, 0) is None

@@ -187,9 +187,12 @@ def test_train_tokenizer_stage_outputs(debug_data, monkeypatch):
     monkeypatch.chdir(base)
     metrics = train_tokenizer.run(cfg)
     for key in ("val/psnr", "val/ssim", "val/mse", "val/lpips", "lpips_pretrained", "train_steps_per_s", "params",
-                "val/avgpool2_psnr"):
+                "val/avgpool2_psnr", "val/psnr_moving", "val/avgpool2_psnr_moving", "val/repeat_psnr_moving"):
         assert key in metrics, key
-    assert metrics["lpips_pretrained"] is False and metrics["val/lpips"] is None  # no weights offline
+    # the default perceptual net ships in its wheel: pretrained offline, and reported
+    assert metrics["lpips_pretrained"] is True and metrics["lpips_net"] == "stlpips_alex"
+    assert metrics["val/lpips"] > 0
+    assert (base / "data/eval/tokenizer_moving.png").stat().st_size > 0
     assert json.loads((base / "data/metrics/tokenizer.json").read_text())["params"] == metrics["params"]
     assert (base / "data/eval/tokenizer_recon.png").stat().st_size > 0
     assert (base / "tok/checkpoint.pt").exists() and (base / "tok/config.yaml").exists()

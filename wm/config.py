@@ -124,6 +124,7 @@ class TokenizerConfig:
     mask_prob: float         # share of frames that are masked at all (paper: 1.0)
     lpips_weight: float
     lpips_frames: int        # frames per batch that go through LPIPS (it dominates CPU cost)
+    lpips_net: str           # stlpips_alex | stlpips_vgg | lpips_alex | none (wm/objectives/perceptual.py)
     rms_decay: float         # running RMS used to normalise each loss term
     encoder: TransformerConfig
     decoder: TransformerConfig

@@ -42,3 +42,22 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, size: int = 7, sigma: float =
 def avgpool2_baseline(target: torch.Tensor) -> torch.Tensor:
     """The blurry reference reconstruction: 2x2 average pooling, upsampled back."""
     return F.interpolate(F.avg_pool2d(target, 2), scale_factor=2, mode="nearest")
+
+
+def moving_mask(prev: torch.Tensor, cur: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
+    """(N, 1, H, W) bool: pixels that change by more than ``threshold`` in any channel between
+    two consecutive frames -- bullets, enemies, explosions: what a whole-frame PSNR averages away."""
+    return ((cur - prev).abs() > threshold).any(dim=1, keepdim=True)
+
+
+def masked_sq_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
+    """(sum of squared errors, number of values) over the masked pixels, all channels."""
+    m = mask.expand_as(target)
+    return (pred.clamp(0, 1) - target).pow(2)[m].sum().item(), int(m.sum().item())
+
+
+def pooled_psnr(sq_sum: float, count: int) -> float | None:
+    """PSNR (peak 1.0) of the mean squared error over all pooled values; None when there are none."""
+    if count == 0:
+        return None
+    return float(-10 * torch.log10(torch.tensor(max(sq_sum / count, 1e-10))))

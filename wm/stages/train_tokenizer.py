@@ -17,16 +17,17 @@ from PIL import Image
 from wm.atomic import write_json_atomic
 from wm.config import Config, to_dict
 from wm.data.shards import make_clip_loader, train_batches
-from wm.metrics import avgpool2_baseline, psnr, ssim
+from wm.metrics import avgpool2_baseline, masked_sq_error, moving_mask, pooled_psnr, psnr, ssim
 from wm.models.tokenizer import Tokenizer
 from wm.models.transformer import Block
 from wm.objectives.mae import TokenizerLoss
-from wm.objectives.perceptual import load_lpips
+from wm.objectives.perceptual import load_perceptual
 from wm.training.trainer import Trainer
 
 METRICS_PATH = Path("data/metrics/tokenizer.json")
 LIVE_DIR = Path("data/metrics/tokenizer")
 GRID_PATH = Path("data/eval/tokenizer_recon.png")
+MOVING_PATH = Path("data/eval/tokenizer_moving.png")
 
 
 def build_tokenizer(cfg: Config) -> Tokenizer:
@@ -44,12 +45,24 @@ def val_batches(cfg: Config) -> list[dict[str, torch.Tensor]]:
 @torch.no_grad()
 def evaluate_tokenizer(model: Tokenizer, batches: list[dict[str, torch.Tensor]], lpips_net: Any = None,
                        device: torch.device | None = None) -> dict[str, float]:
-    """Unmasked reconstruction quality over ``batches`` (per-frame means)."""
+    """Unmasked reconstruction quality over ``batches``: per-frame means, and PSNR pooled over the
+    moving pixels (frames 2.. of each clip) for the model, the 2x2 blur and the previous frame."""
     device = device or next(model.parameters()).device
     p, s, m, base, lp = [], [], [], [], []
+    moving = {"model": [0.0, 0], "avgpool2": [0.0, 0], "repeat": [0.0, 0]}
+    values = 0
     for batch in batches:
         x = batch["frames"].to(device).float() / 255.0
         recon = model(x)[0].float().clamp(0, 1)
+        if x.shape[1] > 1:
+            prev, cur = x[:, :-1].flatten(0, 1), x[:, 1:].flatten(0, 1)
+            mask = moving_mask(prev, cur)
+            values += cur.numel()
+            for key, pred in (("model", recon[:, 1:].flatten(0, 1)), ("avgpool2", avgpool2_baseline(cur)),
+                              ("repeat", prev)):
+                sq, n = masked_sq_error(pred, cur, mask)
+                moving[key][0] += sq
+                moving[key][1] += n
         xf, rf = x.flatten(0, 1), recon.flatten(0, 1)
         p.append(psnr(rf, xf))
         s.append(ssim(rf, xf))
@@ -62,6 +75,10 @@ def evaluate_tokenizer(model: Tokenizer, batches: list[dict[str, torch.Tensor]],
         "val/ssim": torch.cat(s).mean().item(),
         "val/mse": torch.cat(m).mean().item(),
         "val/avgpool2_psnr": torch.cat(base).mean().item(),
+        "val/psnr_moving": pooled_psnr(*moving["model"]),
+        "val/avgpool2_psnr_moving": pooled_psnr(*moving["avgpool2"]),
+        "val/repeat_psnr_moving": pooled_psnr(*moving["repeat"]),
+        "val/moving_frac": moving["model"][1] / max(1, values),
     }
     out["val/lpips"] = torch.cat(lp).mean().item() if lp else None
     return out
@@ -84,6 +101,46 @@ def save_grid(model: Tokenizer, batch: dict[str, torch.Tensor], path: Path, n: i
     tmp.replace(path)
 
 
+def save_moving_crops(model: Tokenizer, batches: list[dict[str, torch.Tensor]], path: Path, n: int = 8,
+                      crop: int = 16, scale: int = 8) -> None:
+    """Where small objects live: for the ``n`` held-out frames with the most moving pixels, a
+    ``crop``-pixel window around the moving pixels -- original | reconstruction | moving mask --
+    enlarged ``scale`` times, one frame per row."""
+    device = next(model.parameters()).device
+    cands = []
+    with torch.no_grad():
+        for batch in batches:
+            x = batch["frames"].to(device).float() / 255.0
+            if x.shape[1] < 2:
+                return
+            recon = model(x)[0].float().clamp(0, 1)
+            cur, rec = x[:, 1:].flatten(0, 1), recon[:, 1:].flatten(0, 1)
+            mask = moving_mask(x[:, :-1].flatten(0, 1), cur)
+            for i in range(cur.shape[0]):
+                cands.append((int(mask[i].sum()), cur[i], rec[i], mask[i]))
+    cands.sort(key=lambda c: -c[0])
+    rows = []
+    for count, cur, rec, mask in cands[:n]:
+        if count == 0:
+            break
+        h, w = cur.shape[-2:]
+        ys, xs = torch.nonzero(mask[0], as_tuple=True)
+        cy = int(ys.float().mean().round().clamp(crop // 2, h - crop // 2))
+        cx = int(xs.float().mean().round().clamp(crop // 2, w - crop // 2))
+        win = (slice(None), slice(cy - crop // 2, cy + crop // 2), slice(cx - crop // 2, cx + crop // 2))
+        sep = torch.ones(3, crop, 1, device=device)
+        rows.append(torch.cat([cur[win], sep, rec[win], sep, mask[win].float().expand(3, -1, -1)], dim=2))
+    if not rows:
+        return
+    grid = torch.cat([torch.cat([r, torch.ones(3, 1, r.shape[2], device=device)], dim=1) for r in rows], dim=1)
+    arr = (grid.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    img = Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.Resampling.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    img.save(tmp)
+    tmp.replace(path)
+
+
 def _compatible(current: dict[str, Any]):
     def check(saved: dict[str, Any]) -> bool:
         a = {k: v for k, v in saved.get("tokenizer", {}).items() if k != "train"}
@@ -96,7 +153,7 @@ def _compatible(current: dict[str, Any]):
 def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     t = cfg.tokenizer
     start = time.perf_counter()
-    lpips_net, pretrained = load_lpips()
+    lpips_net, pretrained = load_perceptual(t.lpips_net)
     loss_fn = TokenizerLoss(t, lpips_net)
     held_out = val_batches(cfg)
 
@@ -105,7 +162,8 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
 
     def evaluate(model: torch.nn.Module, step: int) -> dict[str, float]:
         logs = evaluate_tokenizer(model, held_out[: max(1, len(held_out) // 4)])
-        return {f"tokenizer/{k}": v for k, v in logs.items() if v is not None and k in ("val/psnr", "val/mse")}
+        keep = ("val/psnr", "val/mse", "val/psnr_moving")
+        return {f"tokenizer/{k}": v for k, v in logs.items() if v is not None and k in keep}
 
     run_config = to_dict(cfg)
     trainer = Trainer(
@@ -119,9 +177,11 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
         return {}
     final = evaluate_tokenizer(model, held_out, lpips_net if pretrained else None)
     save_grid(model, held_out[0], GRID_PATH)
+    save_moving_crops(model, held_out[:4], MOVING_PATH)
     metrics = {
         **final,
         "lpips_pretrained": pretrained,
+        "lpips_net": t.lpips_net if lpips_net is not None else None,
         "train_steps_per_s": result["train_steps_per_s"],
         "params": result["params"],
         "steps": result["steps"],
