@@ -177,3 +177,21 @@ def test_random_fire_rate_varies_the_rate_per_episode(debug_cfg):
         rates.append(np.mean([a in fires for a in acts]))
         assert abs(rates[-1] - pol.rate) < 0.1  # fires at its episode's rate
     assert max(rates) - min(rates) > 0.3
+
+
+def test_boxmax_resize_keeps_small_objects_brighter(debug_cfg):
+    """A one-pixel bullet at native 224x320: the box filter leaves ~1/17 of it in a 64x64 frame,
+    boxmax (box to 128x128, then 2x2 max) about 4x that; flat areas are unchanged."""
+    frame = np.full((224, 320, 3), 40, dtype=np.uint8)
+    frame[101, 161] = 255
+    out = {}
+    for mode in ("box", "boxmax"):
+        env = RetroEnv.__new__(RetroEnv)
+        env.cfg = dataclasses.replace(debug_cfg.env, height=64, width=64, resize=mode)
+        out[mode] = env._resize(frame)
+        assert out[mode].shape == (64, 64, 3)
+        assert out[mode][0, 0, 0] == 40
+    lift = lambda o: int(o.max()) - 40  # noqa: E731
+    assert lift(out["box"]) < 20 and lift(out["boxmax"]) > 2.5 * lift(out["box"])
+    with pytest.raises(ValueError, match="env.resize"):
+        RetroEnv(dataclasses.replace(debug_cfg.env, resize="nearest"))

@@ -165,3 +165,28 @@ def test_moving_psnr_by_hand():
     assert n == 6 and sq == pytest.approx(0.25)
     assert pooled_psnr(sq, n) == pytest.approx(10 * math.log10(24), abs=1e-4)
     assert pooled_psnr(0.0, 0) is None
+
+
+def test_moving_weight_counts_changing_pixels_more(debug_cfg):
+    """With moving_weight w, an error on a pixel that changed from the previous frame costs
+    (1 + w) times the same error on a still pixel (before the running-RMS normalisation)."""
+    x = torch.zeros(1, 2, 3, 8, 8)
+    x[0, 1, :, 2, 2] = 1.0  # appears in frame 2: a moving pixel
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, recon):
+            super().__init__()
+            self.recon = recon
+
+        def forward(self, frames, mask):
+            return self.recon, None
+
+    def loss(at, w):
+        recon = x.clone()
+        recon[0, 1, 0, at[0], at[1]] += 0.5
+        cfg = dataclasses.replace(debug_cfg.tokenizer, moving_weight=w, lpips_weight=0.0, patch=4)
+        fn = TokenizerLoss(cfg, None).eval()  # eval: the running RMS stays at its zero init (divides by 1e-8)
+        return fn(Fixed(recon), {"frames": x})[0].item()
+
+    assert loss((2, 2), 0.0) == pytest.approx(loss((5, 5), 0.0))
+    assert loss((2, 2), 7.0) == pytest.approx(8 * loss((5, 5), 7.0))

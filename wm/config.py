@@ -42,6 +42,7 @@ class EnvConfig:
     fire_mode: str           # hold: the map's buttons for the whole frameskip | tap: `tap_buttons` only on its first frame
     tap_buttons: list[str]   # buttons that act on a new press (Airstriker: B fires on the press, not while held)
     maxpool: bool            # observation = max over the last two emulator frames (flickering sprites)
+    resize: str              # box: area average to height x width | boxmax: area average to 2x, then 2x2 max
     noop_max: int            # reset plays U{0..noop_max} no-op agent steps (varied starts; 0: off)
 
 
@@ -125,6 +126,7 @@ class TokenizerConfig:
     lpips_weight: float
     lpips_frames: int        # frames per batch that go through LPIPS (it dominates CPU cost)
     lpips_net: str           # stlpips_alex | stlpips_vgg | lpips_alex | none (wm/objectives/perceptual.py)
+    moving_weight: float     # extra MSE weight on pixels that change from the previous frame (0: plain MSE)
     rms_decay: float         # running RMS used to normalise each loss term
     encoder: TransformerConfig
     decoder: TransformerConfig

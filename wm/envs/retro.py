@@ -80,6 +80,8 @@ class RetroEnv(gym.Env):
         self.button_table = build_button_table(cfg.action_map, self.buttons, cfg.game)
         if cfg.fire_mode not in ("hold", "tap"):
             raise ValueError(f"env.fire_mode must be 'hold' or 'tap', got '{cfg.fire_mode}'")
+        if cfg.resize not in ("box", "boxmax"):
+            raise ValueError(f"env.resize must be 'box' or 'boxmax', got '{cfg.resize}'")
         if cfg.noop_max < 0:
             raise ValueError(f"env.noop_max must be >= 0, got {cfg.noop_max}")
         self.tap_mask = build_button_table([list(cfg.tap_buttons)], self.buttons, cfg.game)[0].astype(bool)
@@ -99,9 +101,14 @@ class RetroEnv(gym.Env):
         if (h, w) == (self.cfg.height, self.cfg.width):
             return frame
         # BOX = area averaging: a few-pixel sprite fades but does not vanish, as it can with
-        # nearest or non-antialiased bilinear sampling.
-        img = Image.fromarray(frame).resize((self.cfg.width, self.cfg.height), Image.Resampling.BOX)
-        return np.asarray(img)
+        # nearest or non-antialiased bilinear sampling. boxmax: area-average to twice the size,
+        # then the max of each 2x2 block, so a one-pixel bullet keeps ~4x the intensity it has
+        # after a plain box filter (320x224 -> 64x64 averages 5 x 3.5 native pixels).
+        if self.cfg.resize == "box":
+            return np.asarray(Image.fromarray(frame).resize((self.cfg.width, self.cfg.height), Image.Resampling.BOX))
+        big = np.asarray(Image.fromarray(frame).resize((2 * self.cfg.width, 2 * self.cfg.height),
+                                                       Image.Resampling.BOX))
+        return big.reshape(self.cfg.height, 2, self.cfg.width, 2, -1).max(axis=(1, 3))
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)

@@ -62,8 +62,15 @@ class TokenizerLoss(nn.Module):
         n_patches = (x.shape[-2] // self.cfg.patch) * (x.shape[-1] // self.cfg.patch)
         mask = sample_patch_mask(b, t, n_patches, self.cfg.mask_max, x.device, self.cfg.mask_prob)
         recon, _ = model(x, mask)
-        mse = (recon.float() - x).pow(2).mean()
-        loss = self.mse_rms.normalize(mse)
+        err = (recon.float() - x).pow(2)
+        mse = err.mean()
+        if self.cfg.moving_weight > 0 and t > 1:
+            # pixels that change from the previous frame (bullets, enemies) count (1 + w) times
+            w = torch.ones_like(x[:, :, :1])
+            w[:, 1:] += self.cfg.moving_weight * ((x[:, 1:] - x[:, :-1]).abs() > 0.1).any(2, keepdim=True)
+            loss = self.mse_rms.normalize((err * w).mean() / w.mean())
+        else:
+            loss = self.mse_rms.normalize(mse)
         logs = {"tokenizer/train/mse": mse.item(), "tokenizer/train/mask_ratio": mask.float().mean().item()}
         if self.lpips is not None and self.cfg.lpips_weight > 0:
             k = min(self.cfg.lpips_frames, b * t)
