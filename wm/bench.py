@@ -44,14 +44,15 @@ def bench_tokenizer(cfg: Config, seconds: float, device: torch.device) -> dict[s
     from wm.models.tokenizer import Tokenizer
     from wm.objectives.mae import TokenizerLoss
     from wm.training.optim import make_optimizer
-    from wm.training.trainer import autocast_context
+    from wm.models.transformer import Block
+    from wm.training.trainer import autocast_context, compile_blocks
 
     t = cfg.tokenizer
     model = Tokenizer(t, cfg.env.height, cfg.env.width).to(device)
     loss_fn = TokenizerLoss(t, None).to(device)
     opt = make_optimizer(model, t.train)
     if t.train.compile:
-        model.compile()  # as the trainer does; the warm-up steps absorb the compile time
+        compile_blocks(model, (Block,))  # as the trainer does; the warm-up steps absorb the compile time
     frames = torch.randint(0, 256, (t.train.batch_size, t.train.clip_len, 3, cfg.env.height, cfg.env.width),
                            dtype=torch.uint8, device=device)
     ctx = autocast_context(t.train.precision, device)
@@ -75,14 +76,15 @@ def bench_dynamics(cfg: Config, seconds: float, device: torch.device) -> tuple[d
     from wm.models.dynamics import Dynamics
     from wm.objectives.shortcut import ShortcutLoss
     from wm.training.optim import make_optimizer
-    from wm.training.trainer import autocast_context
+    from wm.models.transformer import Block
+    from wm.training.trainer import autocast_context, compile_blocks
 
     d, t = cfg.dynamics, cfg.tokenizer
     model = Dynamics(d, len(cfg.env.action_map), t.n_latents, t.latent_dim).to(device)
     loss_fn = ShortcutLoss.from_config(d)
     opt = make_optimizer(model, d.train)
-    # compiled for the training step only; generation (growing KV-cache shapes) runs the eager module
-    train_model = torch.compile(model) if d.train.compile else model
+    if d.train.compile:
+        compile_blocks(model, (Block,))  # as the trainer does
     batch = {"latents": torch.tanh(torch.randn(d.train.batch_size, d.short_len, t.n_latents, t.latent_dim,
                                                device=device)),
              "actions": torch.randint(0, len(cfg.env.action_map), (d.train.batch_size, d.short_len), device=device)}
@@ -90,7 +92,7 @@ def bench_dynamics(cfg: Config, seconds: float, device: torch.device) -> tuple[d
 
     def step() -> None:
         with ctx:
-            loss, _ = loss_fn(train_model, batch)
+            loss, _ = loss_fn(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -37,6 +37,26 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; training stopped and the last good checkpoint was kept."""
 
 
+def compile_blocks(model: nn.Module, block_types: tuple[type, ...]) -> int:
+    """Regional compilation: ``torch.compile`` each repeated block rather than the whole model.
+    Every block shares one compiled code object, so the compile time does not grow with depth,
+    and a new input shape (short/long/single-frame batches) recompiles one block, not the whole
+    graph. Measured on 2 CPU cores (debug dynamics, 10 steps over 4 shapes): whole model 188 s
+    of compiling, blocks 115 s; on an H100 the whole-model trainer spent its first 150 s
+    compiling (data/metrics/gpu/h100). The recompile limit is raised for the variants one block
+    legitimately has (spatial/temporal x grad/no-grad x shapes). Returns the blocks compiled."""
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    blocks = [m for m in model.modules() if isinstance(m, block_types)]
+    if not blocks:
+        model.compile()
+        return 0
+    for m in blocks:
+        m.compile()
+    return len(blocks)
+
+
 def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"train.precision must be auto|fp32|bf16, got '{precision}'")
@@ -154,7 +174,7 @@ class Trainer:
             self._warm_start(model, Path(cfg.init_from))
         wrapped = wrap_model(model, info, self.shard_types)
         if cfg.compile:
-            wrapped.compile()
+            compile_blocks(wrapped, self.shard_types)
         opt = make_optimizer(wrapped, cfg)
         sched = make_scheduler(opt, cfg)
         start, position = 0, 0
