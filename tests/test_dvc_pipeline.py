@@ -48,8 +48,10 @@ def test_debug_dvc_pipeline_end_to_end(tmp_path):
     rl = json.loads((repo / "data/metrics/imagine_rl.json").read_text())
     assert "imagined_return/last" in rl
     ev = json.loads((repo / "data/metrics/evaluate.json").read_text())
-    for key in ("return/random", "return/bc", "return/pmpo", "ci95/random", "ci95/bc", "ci95/pmpo", "episodes"):
+    for key in ("return/random", "return/bc", "return/pmpo", "ci95/random", "ci95/bc", "ci95/pmpo", "episodes",
+                "fire_rate/random", "fire_rate/never_fire", "fire_rate/fire_every_1"):
         assert key in ev, key
+    assert ev["fire_rate/never_fire"] == 0.0 and ev["fire_rate/fire_every_1"] == 1.0
     assert (repo / "data/eval/returns.png").exists() and (repo / "data/eval/pmpo_episode.gif").exists()
     print(f"debug dvc exp run (all stages): {elapsed:.1f}s")
     # nothing changed: a second repro skips both stages

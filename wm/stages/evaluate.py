@@ -47,15 +47,18 @@ def _init(env_cfg: EnvConfig, policy: str, tokenizer_dir: str) -> None:
     from wm.envs.retro import RetroEnv
 
     _STATE["env"] = RetroEnv(env_cfg)
+    _STATE["fire_ids"] = np.array([i for i, a in enumerate(env_cfg.action_map) if set(a) & set(env_cfg.tap_buttons)])
     _STATE["policy"] = make_policy(policy, _STATE["env"].action_space.n, tokenizer_dir=tokenizer_dir,
                                    action_map=env_cfg.action_map, fire=tuple(env_cfg.tap_buttons))
 
 
-def _episode(seed: int) -> tuple[int, float, int]:
+def _episode(seed: int) -> tuple[int, float, int, float]:
+    """(seed, return, length, share of steps whose action fires)."""
     from wm.stages.collect import play_episode
 
     ep = play_episode(_STATE["env"], _STATE["policy"], seed)
-    return seed, ep.ret, len(ep)
+    fires = float(np.isin(np.asarray(ep.actions), _STATE["fire_ids"]).mean()) if len(ep) else 0.0
+    return seed, ep.ret, len(ep), fires
 
 
 def ci95(values: list[float]) -> float:
@@ -163,6 +166,7 @@ def run(cfg: Config) -> dict[str, Any]:
         metrics[f"return/{name}"] = results[name]["mean"]
         metrics[f"ci95/{name}"] = results[name]["ci95"]
         metrics[f"length/{name}"] = float(np.mean(lengths))
+        metrics[f"fire_rate/{name}"] = float(np.sum([r[3] * r[2] for r in rows]) / max(np.sum(lengths), 1))
         metrics[f"reward_per_step/real/{name}"] = float(np.sum(returns) / max(np.sum(lengths), 1))
     # the plot is a declared DVC output: written with the real bars alone when the check is off
     imagined = imagined_rates(cfg) if e.imagined_episodes > 0 else {}
@@ -172,7 +176,9 @@ def run(cfg: Config) -> dict[str, Any]:
         if name in imagined:
             metrics[f"reward_per_step/imagined/{name}"] = imagined[name]
             rates[f"{name} imag."] = {"mean": imagined[name], "ci95": float("nan")}
-            metrics[f"imagined_over_real/{name}"] = imagined[name] / max(metrics[f"reward_per_step/real/{name}"], 1e-9)
+            real = metrics[f"reward_per_step/real/{name}"]
+            # no ratio where the game pays nothing (never_fire): the imagined rate says it alone
+            metrics[f"imagined_over_real/{name}"] = imagined[name] / real if real > 0 else None
     bar_plot(rates, RATE_PLOT_PATH, "reward per step: real game vs inside the world model", ".3f")
     bar_plot(results, PLOT_PATH)
     record_gif(cfg.env, policies["pmpo"], seeds[0], cfg.tokenizer.out_dir, VIDEO_PATH, e.video_frames)
