@@ -36,7 +36,7 @@ def train(old: bool, seed: int = 0) -> tuple[float, float]:
     prior = copy.deepcopy(policy).requires_grad_(False)
     # the old baseline: gamma 0.997, no warm-up, no centring, no guard rails (random-init value)
     cfg = RLConfig(iterations=ITERS, num_envs=N, horizon=H, context=1, lr=1e-2, gamma=0.997 if old else 0.9,
-                   lam=0.95, alpha=0.5, beta=0.1, value_warmup=0 if old else 10, center=not old,
+                   lam=0.95, alpha=0.5, beta=0.1, value_warmup=0 if old else 10, center="none" if old else "median",
                    guard_low=0.0 if old else 0.2, guard_high=1.0 if old else 0.8, grad_clip=1.0, log_every=1, ckpt_every=0,
                    seed=seed, wandb="disabled", out_dir="")
     learner = PMPOLearner(policy, value, prior, [*policy.parameters(), *value.parameters()], cfg, make_bins(255))
@@ -74,7 +74,7 @@ def test_value_warmup_and_guard_rails_skip_policy_steps():
     nn.init.zeros_(value.weight)
     nn.init.zeros_(value.bias)
     cfg = RLConfig(iterations=3, num_envs=4, horizon=5, context=1, lr=1e-2, gamma=0.9, lam=0.95, alpha=0.5, beta=0.1,
-                   value_warmup=2, center=False, guard_low=0.2, guard_high=0.8, grad_clip=1.0, log_every=1, ckpt_every=0, seed=0,
+                   value_warmup=2, center="none", guard_low=0.2, guard_high=0.8, grad_clip=1.0, log_every=1, ckpt_every=0, seed=0,
                    wandb="disabled", out_dir="")
     learner = PMPOLearner(policy, value, copy.deepcopy(policy), [*policy.parameters(), *value.parameters()], cfg,
                           make_bins(255))

@@ -192,7 +192,7 @@ class RLConfig:
     alpha: float             # PMPO weight of the positive set (paper: 0.5)
     beta: float              # reverse KL to the behaviour-cloned prior (paper: 0.3)
     value_warmup: int        # value-only iterations before the first policy step
-    center: bool             # centre advantages per imagined step over the batch
+    center: str              # none | mean | median: centre advantages per imagined step over the batch
     guard_low: float         # skip the policy step when the positive-advantage share leaves [low, high]
     guard_high: float
     grad_clip: float

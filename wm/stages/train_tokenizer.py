@@ -103,8 +103,8 @@ def save_grid(model: Tokenizer, batch: dict[str, torch.Tensor], path: Path, n: i
 
 def save_moving_crops(model: Tokenizer, batches: list[dict[str, torch.Tensor]], path: Path, n: int = 8,
                       crop: int = 16, scale: int = 8) -> None:
-    """Where small objects live: for the ``n`` held-out frames with the most moving pixels, a
-    ``crop``-pixel window around the moving pixels -- original | reconstruction | moving mask --
+    """Where small objects live: for the ``n`` held-out frames with the most moving pixels, the
+    ``crop``-pixel window with the most moving pixels -- original | reconstruction | moving mask --
     enlarged ``scale`` times, one frame per row."""
     device = next(model.parameters()).device
     cands = []
@@ -123,11 +123,10 @@ def save_moving_crops(model: Tokenizer, batches: list[dict[str, torch.Tensor]], 
     for count, cur, rec, mask in cands[:n]:
         if count == 0:
             break
-        h, w = cur.shape[-2:]
-        ys, xs = torch.nonzero(mask[0], as_tuple=True)
-        cy = int(ys.float().mean().round().clamp(crop // 2, h - crop // 2))
-        cx = int(xs.float().mean().round().clamp(crop // 2, w - crop // 2))
-        win = (slice(None), slice(cy - crop // 2, cy + crop // 2), slice(cx - crop // 2, cx + crop // 2))
+        # the window that holds the most moving pixels (their centroid can fall between objects)
+        density = torch.nn.functional.avg_pool2d(mask.float()[None], crop, stride=1)[0, 0]
+        y0, x0 = divmod(int(density.argmax()), density.shape[1])
+        win = (slice(None), slice(y0, y0 + crop), slice(x0, x0 + crop))
         sep = torch.ones(3, crop, 1, device=device)
         rows.append(torch.cat([cur[win], sep, rec[win], sep, mask[win].float().expand(3, -1, -1)], dim=2))
     if not rows:
