@@ -93,8 +93,13 @@ def save_grid(model: Tokenizer, batch: dict[str, torch.Tensor], path: Path, n: i
     real = x.flatten(0, 1)[:n]
     fake = recon.flatten(0, 1)[:n]
     rows = [torch.cat(list(r), dim=2) for r in (real, fake)]  # (3, H, n*W)
-    grid = (torch.cat(rows, dim=1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    img = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST)
+    _save_enlarged(torch.cat(rows, dim=1), path, scale)
+
+
+def _save_enlarged(image: torch.Tensor, path: Path, scale: int) -> None:
+    """(3, H, W) in [0, 1] -> a PNG enlarged ``scale`` times (nearest), written atomically."""
+    arr = (image.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    img = Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.Resampling.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     img.save(tmp)
@@ -132,12 +137,7 @@ def save_moving_crops(model: Tokenizer, batches: list[dict[str, torch.Tensor]], 
     if not rows:
         return
     grid = torch.cat([torch.cat([r, torch.ones(3, 1, r.shape[2], device=device)], dim=1) for r in rows], dim=1)
-    arr = (grid.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    img = Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.Resampling.NEAREST)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    img.save(tmp)
-    tmp.replace(path)
+    _save_enlarged(grid, path, scale)
 
 
 def _compatible(current: dict[str, Any]):
