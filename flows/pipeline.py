@@ -28,13 +28,13 @@ from prefect.artifacts import create_markdown_artifact
 TRANSIENT_STAGES = {"collect"}
 
 
-def _bin(name: str) -> str:
+def bin_path(name: str) -> str:
     """A console script from this environment (the venv's dvc/wm), else from PATH."""
     here = Path(sys.executable).parent / name
     return str(here) if here.exists() else (shutil.which(name) or name)
 
 
-def _env() -> dict[str, str]:
+def tool_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("WANDB_MODE", "offline")
@@ -53,7 +53,7 @@ def dvc_stages(repo: Path) -> list[dict[str, Any]]:
 
 def run_dvc_stage(repo: str, stage: str, metrics_files: list[str]) -> dict[str, Any]:
     logger = get_run_logger()
-    proc = subprocess.run([_bin("dvc"), "repro", "--single-item", stage], cwd=repo, env=_env(),
+    proc = subprocess.run([bin_path("dvc"), "repro", "--single-item", stage], cwd=repo, env=tool_env(),
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"dvc repro {stage} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -97,8 +97,8 @@ def pipeline(repo: str = ".", preset: str | None = None, overrides: list[str] | 
     """Run the DVC pipeline stage by stage. ``preset``/``overrides`` recompose params.yaml first."""
     repo_path = Path(repo).resolve()
     if preset or overrides:
-        cmd = [_bin("wm"), "compose", *(["--preset", preset] if preset else []), *(overrides or [])]
-        subprocess.run(cmd, cwd=repo_path, env=_env(), check=True, capture_output=True)
+        cmd = [bin_path("wm"), "compose", *(["--preset", preset] if preset else []), *(overrides or [])]
+        subprocess.run(cmd, cwd=repo_path, env=tool_env(), check=True, capture_output=True)
     results = run_stages(repo_path, stages)
     create_markdown_artifact(markdown_report(results), key="wm-pipeline-metrics",
                              description="metrics of every stage of this run")

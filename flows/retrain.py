@@ -23,13 +23,13 @@ from typing import Any
 import yaml
 from prefect import flow, get_run_logger, task
 
-from flows.pipeline import _bin, _env, run_stages
+from flows.pipeline import bin_path, tool_env, run_stages
 from wm import retrain as rt
 from wm.config import compose, write_params
 
 
 def _run(cmd: list[str], repo: Path, what: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=repo, env=_env(), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=repo, env=tool_env(), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-4000:]}")
     return proc
@@ -42,7 +42,7 @@ def collect_new(repo: str, tag: str, policy: str, seed: int, frames: int | None)
     out = rt.COLLECTED_DIR / tag
     metrics = rt.RETRAIN_DIR / "collect" / f"{tag}.json"
     if not (repo_path / out / "manifest.json").exists():
-        cmd = [_bin("wm"), "collect", f"collect.out_dir={out}", f"collect.policy={policy}", f"collect.seed={seed}",
+        cmd = [bin_path("wm"), "collect", f"collect.out_dir={out}", f"collect.policy={policy}", f"collect.seed={seed}",
                *([f"collect.frames={frames}"] if frames else []), "--metrics", str(metrics)]
         _run(cmd, repo_path, "collection")
     path = repo_path / metrics
@@ -53,7 +53,7 @@ def collect_new(repo: str, tag: str, policy: str, seed: int, frames: int | None)
 def dvc_add(repo: str, paths: list[str]) -> None:
     """Track the new episode set (and the warm-start snapshot) as DVC data: a new dataset version."""
     if paths:
-        _run([_bin("dvc"), "add", *paths], Path(repo), "dvc add")
+        _run([bin_path("dvc"), "add", *paths], Path(repo), "dvc add")
 
 
 def _preset(repo: Path, preset: str | None) -> str:
@@ -84,7 +84,7 @@ def _git_commit(repo: Path, message: str) -> str | None:
     env = {"GIT_AUTHOR_NAME": "wm-retrain", "GIT_AUTHOR_EMAIL": "wm-retrain@localhost",
            "GIT_COMMITTER_NAME": "wm-retrain", "GIT_COMMITTER_EMAIL": "wm-retrain@localhost"}
     env.update({k: v for k, v in os.environ.items() if k in env})
-    subprocess.run(["git", "commit", "-q", "-m", message], cwd=repo, env={**_env(), **env}, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", message], cwd=repo, env={**tool_env(), **env}, check=True)
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
 
 

@@ -72,6 +72,26 @@ def test_cli_bad_override_is_a_clear_error(tmp_path):
     assert not (tmp_path / "data").exists()  # nothing written
 
 
+def test_cli_prints_user_errors_and_keeps_tracebacks_of_bugs(monkeypatch, capsys):
+    """A UserError is one line and exit 2; any other exception (a bug) propagates with its traceback."""
+    from wm import cli
+    from wm.errors import ConfigValueError
+
+    def failing(exc):
+        def run(cfg):
+            raise exc
+        return run
+
+    import wm.stages.shard as shard
+
+    monkeypatch.setattr(shard, "run", failing(ConfigValueError("shard.val_fraction must be in [0, 1), got 2")))
+    assert cli.main(["shard", "--preset", "debug"]) == 2
+    assert capsys.readouterr().err.strip() == "wm shard: error: shard.val_fraction must be in [0, 1), got 2"
+    monkeypatch.setattr(shard, "run", failing(ValueError("a bug")))
+    with pytest.raises(ValueError, match="a bug"):
+        cli.main(["shard", "--preset", "debug"])
+
+
 def test_paper_preset_has_the_papers_model_sizes():
     """400M tokenizer, 1.6B dynamics (Hafner et al. 2025), counted without allocating."""
     import torch

@@ -5,7 +5,7 @@ import pytest
 
 from wm.envs.policies import StickyRandomPolicy, make_policy
 from wm.envs.retro import GameNotFoundError, RetroEnv, RomNotFoundError, build_button_table, check_game
-from wm.stages.collect import play_episode
+from wm.envs.rollout import play_episode
 
 BUTTONS = ["B", "A", "MODE", "START", "UP", "DOWN", "LEFT", "RIGHT", "C", "Y", "X", "Z"]
 

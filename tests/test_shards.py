@@ -8,7 +8,7 @@ from wm.data.episodes import Episode, load_episode, save_episode
 from wm.data.shards import (
     ClipDataset, ShardError, chunk_bounds, iter_shard, make_clip_loader, read_manifest, shard_paths,
 )
-from wm.stages.shard import build_shards
+from wm.data.shards import build_shards
 
 
 def synthetic_episodes(tmp: Path, n: int = 5, seed: int = 0) -> list[tuple[int, Path]]:

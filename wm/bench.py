@@ -24,6 +24,7 @@ import torch
 
 from wm.atomic import write_json_atomic
 from wm.config import Config
+from wm.errors import ConfigValueError
 from wm.timing import synced_clock
 
 BENCH_PATH = Path("data/metrics/bench.json")
@@ -135,7 +136,7 @@ def bench_collection(cfg: Config, seconds: float) -> dict[str, float]:
     import dataclasses
 
     from wm.envs.retro import measure_raw_steps_per_s
-    from wm.stages.collect import _run_workers
+    from wm.stages.collect import run_workers
 
     raw = measure_raw_steps_per_s(cfg.env.game, cfg.env.state, seconds, 0)
     out = {"collect/raw_env_steps_per_s": raw}
@@ -146,7 +147,7 @@ def bench_collection(cfg: Config, seconds: float) -> dict[str, float]:
         timing: dict[str, float] = {}
         try:
             start = time.perf_counter()
-            outputs = _run_workers(dataclasses.replace(cfg, collect=c), tmp, timing)
+            outputs = run_workers(dataclasses.replace(cfg, collect=c), tmp, timing)
             wall = time.perf_counter() - start
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -185,7 +186,7 @@ def run(cfg: Config, seconds: float = 8.0, skip: tuple[str, ...] = (), out: Path
 
     unknown = sorted(set(skip) - set(SECTIONS))
     if unknown:
-        raise ValueError(f"wm bench --skip: unknown section(s) {unknown}; sections are {', '.join(SECTIONS)}")
+        raise ConfigValueError(f"wm bench --skip: unknown section(s) {unknown}; sections are {', '.join(SECTIONS)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
     results: dict[str, Any] = {"preset": cfg.preset_name, "device": str(device), "threads": torch.get_num_threads(),

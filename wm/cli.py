@@ -144,16 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")
     _keep_freed_memory()
     args = build_parser().parse_args(argv)
-    from wm.data.shards import ShardError
-    from wm.envs.retro import GameNotFoundError, RomNotFoundError
-    from wm.training.checkpoint import CheckpointError
-    from wm.training.trainer import NonFiniteLossError
+    from wm.errors import UserError
 
-    expected = (config_mod.ConfigError, GameNotFoundError, RomNotFoundError, FileNotFoundError, ValueError,
-                ShardError, CheckpointError, NonFiniteLossError)
     try:
         metrics = args.func(args)
-    except expected as err:
+    except UserError as err:  # anything else is a bug: its traceback stays
         if os.environ.get("WM_DEBUG"):
             raise
         print(f"wm {args.command}: error: {err}", file=sys.stderr)

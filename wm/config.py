@@ -21,11 +21,13 @@ from typing import Any, TypeVar
 
 import yaml
 
+from wm.errors import UserError
+
 CONF_DIR = Path(__file__).parent / "conf"
 PRESETS = ("debug", "default", "gpu", "paper")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem the user can fix (bad key, bad type, bad override)."""
 
 
@@ -55,7 +57,7 @@ class CollectConfig:
     sticky_mean_steps: float
     raw_bench_seconds: float
     out_dir: str
-    backend: str             # processes | dask (Prefect tasks on a Dask cluster)
+    backend: str             # processes | dask (one Dask task per worker)
     dask_address: str        # "" = a local cluster; else an existing scheduler's address
 
 
@@ -72,10 +74,7 @@ class ShardConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    clip_len: int
-    batch_size: int
-    num_workers: int
-    shuffle_buffer: int
+    shuffle_buffer: int      # samples held by each reader's shuffle buffer (every training stage)
 
 
 @dataclass(frozen=True)

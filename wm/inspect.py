@@ -23,6 +23,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from wm.errors import ConfigValueError
+
 # piped or captured output gets wide tables instead of cells cut to fit 80 columns
 console = Console(width=None if sys.stdout.isatty() else 160)
 METRIC_FILES = ("collect", "shard", "tokenizer", "cache_latents", "dynamics", "agent", "imagine_rl", "evaluate")
@@ -31,7 +33,7 @@ METRIC_FILES = ("collect", "shard", "tokenizer", "cache_latents", "dynamics", "a
 def _git(*args: str, cwd: str = ".") -> str:
     proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise ValueError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
+        raise ConfigValueError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc.stdout
 
 
@@ -203,7 +205,7 @@ def cmd_fetch(args: Any) -> dict[str, Any]:
     cmd = ["dvc", "get", args.repo, args.path, "--rev", args.rev, "-o", args.out, "--force"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise ValueError(f"could not fetch {args.path} at {args.rev}: {proc.stderr.strip()[-500:]}")
+        raise ConfigValueError(f"could not fetch {args.path} at {args.rev}: {proc.stderr.strip()[-500:]}")
     console.print(f"fetched {args.path} @ {args.rev} -> {args.out}")
     return {"out": args.out}
 

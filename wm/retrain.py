@@ -32,6 +32,7 @@ from typing import Any
 
 from wm.atomic import atomic_dir, write_json_atomic
 from wm.data.shards import sha256_file
+from wm.errors import UserError
 
 RETRAIN_DIR = Path("data/retrain")
 COLLECTED_DIR = Path("data/collected")
@@ -43,7 +44,7 @@ WARM_STAGES = {"tokenizer": "data/checkpoints/tokenizer", "dynamics": "data/chec
 GATE_METRIC = "return/pmpo"
 
 
-class RetrainLockedError(RuntimeError):
+class RetrainLockedError(UserError, RuntimeError):
     """Another retrain run holds the lock."""
 
 

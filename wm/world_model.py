@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from wm.errors import ConfigValueError
 from wm.models.agent import Agent, agent_view
 from wm.models.dynamics import Dynamics, context_level
 from wm.models.tokenizer import Tokenizer
@@ -54,7 +55,7 @@ class WorldModel:
         self.dynamics = model.dynamics if isinstance(model, Agent) else model
         self.k_max = self.dynamics.cfg.k_max
         if steps < 1 or self.k_max % steps:
-            raise ValueError(f"sampling steps must divide k_max={self.k_max}, got {steps}")
+            raise ConfigValueError(f"sampling steps must divide k_max={self.k_max}, got {steps}")
         self.steps = steps
         self.ctx_noise = ctx_noise
         self.tau_ctx = context_level(ctx_noise, self.k_max)

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from wm.errors import CorruptInputError
+
 NO_ACTION = -1
 
 
@@ -108,5 +110,5 @@ def load_episode(path: Path) -> Episode:
                 arrays["lives"] = np.lib.format.read_array(io.BytesIO(zf.read("lives.npy")), allow_pickle=False)
             meta = json.loads(zf.read("meta.json"))
     except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as err:
-        raise ValueError(f"corrupt or unreadable episode file {path}: {err}") from err
+        raise CorruptInputError(f"corrupt or unreadable episode file {path}: {err}") from err
     return Episode(meta=meta, **arrays)

@@ -33,21 +33,26 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
 
-from wm.data.episodes import Episode
+from wm.atomic import write_json_atomic
+from wm.data.episodes import Episode, load_episode
+from wm.errors import ConfigValueError, UserError
+from wm.provenance import code_version
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
+EXTRA_OFFSET = 1_000_000  # episode ids of the j-th extra episode set start at (j + 1) * EXTRA_OFFSET
 
 
-class ShardError(RuntimeError):
+class ShardError(UserError, RuntimeError):
     """A shard is missing, truncated, corrupt or does not match its manifest."""
 
 
 # ---------------------------------------------------------------- writing
 
 
-def _npy(arr: np.ndarray) -> bytes:
+def npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
     return buf.getvalue()
@@ -57,7 +62,7 @@ def _npz(arrays: dict[str, np.ndarray], level: int) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level) as zf:
         for name, arr in arrays.items():
-            zf.writestr(f"{name}.npy", _npy(arr))
+            zf.writestr(f"{name}.npy", npy_bytes(arr))
     return buf.getvalue()
 
 
@@ -80,11 +85,11 @@ def episode_samples(ep: Episode, index: int, chunk_len: int, level: int) -> Iter
         yield {
             "__key__": f"ep{index:06d}_c{c:04d}",
             "frames.npz": _npz({"frames": ep.frames[s:e]}, level),
-            "actions.npy": _npy(ep.actions[s:e].astype(np.int64)),
-            "buttons.npy": _npy(ep.buttons[s:e].astype(np.uint8)),
-            "rewards.npy": _npy(ep.rewards[s:e].astype(np.float32)),
-            "terminals.npy": _npy(ep.terminals[s:e].astype(bool)),
-            "continues.npy": _npy(cont[s:e]),
+            "actions.npy": npy_bytes(ep.actions[s:e].astype(np.int64)),
+            "buttons.npy": npy_bytes(ep.buttons[s:e].astype(np.uint8)),
+            "rewards.npy": npy_bytes(ep.rewards[s:e].astype(np.float32)),
+            "terminals.npy": npy_bytes(ep.terminals[s:e].astype(bool)),
+            "continues.npy": npy_bytes(cont[s:e]),
             "meta.json": json.dumps(meta).encode(),
         }
 
@@ -118,11 +123,11 @@ def split_episodes(indices: Sequence[int], val_fraction: float, seed: int) -> tu
     least one episode (so at least two are needed); ``val_fraction == 0`` keeps all in train."""
     indices = sorted(indices)
     if not 0 <= val_fraction < 1:
-        raise ValueError(f"shard.val_fraction must be in [0, 1), got {val_fraction}")
+        raise ConfigValueError(f"shard.val_fraction must be in [0, 1), got {val_fraction}")
     if val_fraction == 0:
         return indices, []
     if len(indices) < 2:
-        raise ValueError(f"need at least 2 episodes for a train/val split, got {len(indices)}; collect more")
+        raise ConfigValueError(f"need at least 2 episodes for a train/val split, got {len(indices)}; collect more")
     n_val = min(len(indices) - 1, max(1, round(val_fraction * len(indices))))
     perm = np.random.default_rng(seed).permutation(len(indices))
     val = {indices[i] for i in perm[:n_val]}
@@ -151,6 +156,61 @@ def write_split(
 # ---------------------------------------------------------------- reading
 
 
+def split_by_set(indices: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split each episode set on its own (set = id // EXTRA_OFFSET), so adding a set never moves
+    an earlier episode between train and val; a set of one episode goes to train."""
+    train: list[int] = []
+    val: list[int] = []
+    for group in sorted({i // EXTRA_OFFSET for i in indices}):
+        members = [i for i in indices if i // EXTRA_OFFSET == group]
+        if group > 0 and len(members) < 2:
+            train += members
+            continue
+        t, v = split_episodes(members, val_fraction, seed + group)
+        train += t
+        val += v
+    return train, val
+
+
+def build_shards(
+    episodes: list[tuple[int, Path]],
+    out_dir: Path,
+    *,
+    chunk_len: int,
+    chunks_per_shard: int,
+    val_fraction: float,
+    seed: int,
+    compress_level: int,
+    header: dict[str, Any],
+) -> dict[str, Any]:
+    """Write train/val shards for ``episodes`` (index, npz path) into ``out_dir``; return the manifest."""
+    train, val = split_by_set([i for i, _ in episodes], val_fraction, seed)
+    files = dict(episodes)
+    manifest: dict[str, Any] = {**header, "chunk_len": chunk_len, "splits": {}, "code_version": code_version()}
+    for split, indices in (("train", train), ("val", val)):
+        samples, infos = [], []
+        for index in tqdm(indices, desc=f"shard {split}", unit="episode", dynamic_ncols=True):
+            ep = load_episode(files[index])
+            samples.extend(episode_samples(ep, index, chunk_len, compress_level))
+            infos.append({"episode": index, "length": len(ep), "ret": ep.ret,
+                          "action_free": bool(ep.meta.get("action_free", False))})
+        # Seeded shuffle (val too): an unshuffled read of the first val batches is then a
+        # spread over episodes and game phases, not the opening seconds of one episode.
+        order = np.random.default_rng([seed, 1 if split == "train" else 2]).permutation(len(samples))
+        samples = [samples[i] for i in order]
+        shards = write_split(out_dir, split, samples, chunks_per_shard)
+        manifest["splits"][split] = {
+            "episodes": infos,
+            "n_episodes": len(infos),
+            "frames": int(sum(i["length"] for i in infos)),
+            "chunks": len(samples),
+            "mean_return": float(np.mean([i["ret"] for i in infos])) if infos else None,
+            "shards": shards,
+        }
+    write_json_atomic(out_dir / MANIFEST, manifest)
+    return manifest
+
+
 def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
     path = Path(shard_dir) / MANIFEST
     if not path.exists():
@@ -165,7 +225,7 @@ def shard_paths(shard_dir: str | Path, split: str, verify: bool = True) -> list[
     """The split's shard files, checked against the manifest (existence, and sha256 when
     ``verify``), so corruption is reported up front with the file's name."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split '{split}'; use one of {SPLITS}")
+        raise ConfigValueError(f"unknown split '{split}'; use one of {SPLITS}")
     shard_dir = Path(shard_dir)
     manifest = read_manifest(shard_dir)
     entries = manifest["splits"][split]["shards"]
@@ -377,10 +437,10 @@ def make_clip_loader(
     lengths = [n for e in entries for n in e["chunk_lengths"]]
     total_clips = sum(n // clip_len for n in lengths)
     if total_clips == 0:
-        raise ValueError(f"no {split} chunk in {shard_dir} is as long as clip_len={clip_len}")
+        raise ConfigValueError(f"no {split} chunk in {shard_dir} is as long as clip_len={clip_len}")
     batches = None if infinite else total_clips // (world_size * batch_size)
     if batches == 0:
-        raise ValueError(
+        raise ConfigValueError(
             f"{split} split has {total_clips} clips of length {clip_len}: too few for "
             f"{world_size} rank(s) x batch {batch_size}"
         )

@@ -19,12 +19,13 @@ import numpy as np
 from wm.atomic import atomic_dir
 from wm.config import Config
 from wm.data.episodes import NO_ACTION, Episode, save_episode
+from wm.errors import MissingInputError, UserError
 
 VIDEO_SUFFIXES = (".mp4", ".avi")
 EMULATOR_FPS = 60.0  # Genesis/NES/SNES run at ~60 frames per second
 
 
-class VideoError(ValueError):
+class VideoError(UserError, ValueError):
     """A video file that could not be decoded."""
 
 
@@ -78,14 +79,14 @@ def video_episode(path: Path, index: int, height: int, width: int, fps: float) -
 
 def import_videos(video_dir: str | Path, out_dir: str | Path, cfg: Config, fps: float | None = None) -> dict[str, Any]:
     """Decode every mp4/avi in ``video_dir`` into action-free shards under ``out_dir``."""
-    from wm.stages.shard import build_shards
+    from wm.data.shards import build_shards
 
     video_dir, out_dir = Path(video_dir), Path(out_dir)
     if not video_dir.is_dir():
-        raise FileNotFoundError(f"video directory {video_dir} does not exist")
+        raise MissingInputError(f"video directory {video_dir} does not exist")
     files = sorted(p for p in video_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
     if not files:
-        raise FileNotFoundError(f"no {'/'.join(VIDEO_SUFFIXES)} files in {video_dir}")
+        raise MissingInputError(f"no {'/'.join(VIDEO_SUFFIXES)} files in {video_dir}")
     fps = fps or EMULATOR_FPS / cfg.env.frameskip
     failed: list[dict[str, str]] = []
     with atomic_dir(out_dir) as tmp:

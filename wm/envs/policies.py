@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from wm.errors import ConfigValueError
+
 if TYPE_CHECKING:
     import torch
 
@@ -49,7 +51,7 @@ class StickyRandomPolicy:
 
     def __init__(self, n_actions: int, mean_steps: float):
         if mean_steps < 1:
-            raise ValueError(f"collect.sticky_mean_steps must be >= 1, got {mean_steps}")
+            raise ConfigValueError(f"collect.sticky_mean_steps must be >= 1, got {mean_steps}")
         self.n_actions = n_actions
         self.p_switch = 1.0 / mean_steps
         self._rng = np.random.default_rng(0)
@@ -81,7 +83,7 @@ class FireSchedule:
             rows.setdefault(move, {})[any(b in fire for b in combo)] = a
         pairs = [r for r in rows.values() if len(r) == 2]
         if every > 0 and not pairs:
-            raise ValueError(f"fire schedule: no action in {action_map} pairs a movement with and without {fire}")
+            raise ConfigValueError(f"fire schedule: no action in {action_map} pairs a movement with and without {fire}")
         pairs = pairs if every > 0 else [r for r in rows.values() if False in r]
         self.no_fire = [r[False] for r in pairs]
         self.with_fire = [r.get(True, r[False]) for r in pairs]
@@ -145,21 +147,21 @@ def make_policy(name: str, n_actions: int, sticky_mean_steps: float = 4.0,
         return StickyRandomPolicy(n_actions, sticky_mean_steps)
     if name == "random_fire_rate":
         if action_map is None:
-            raise ValueError(f"policy '{name}' needs the env's action map")
+            raise ConfigValueError(f"policy '{name}' needs the env's action map")
         return RandomFireRate(action_map, fire)
     if name == "never_fire" or name.startswith("fire_every_"):
         if action_map is None:
-            raise ValueError(f"policy '{name}' needs the env's action map")
+            raise ConfigValueError(f"policy '{name}' needs the env's action map")
         every = 0 if name == "never_fire" else int(name.removeprefix("fire_every_"))
         return FireSchedule(action_map, every, fire)
     if name.startswith("agent:"):
         from wm.envs.neural_policy import policy_from_checkpoint
 
         return policy_from_checkpoint(name.removeprefix("agent:"), tokenizer_dir)
-    raise ValueError(f"unknown policy '{name}'; available: {', '.join(POLICIES)}")
+    raise ConfigValueError(f"unknown policy '{name}'; available: {', '.join(POLICIES)}")
 
 
 def check_policy_name(name: str) -> None:
     scripted = name == "never_fire" or (name.startswith("fire_every_") and name.removeprefix("fire_every_").isdigit())
     if name not in ("random", "sticky_random", "random_fire_rate") and not scripted and not name.startswith("agent:"):
-        raise ValueError(f"unknown collect.policy '{name}'; available: {', '.join(POLICIES)}")
+        raise ConfigValueError(f"unknown collect.policy '{name}'; available: {', '.join(POLICIES)}")

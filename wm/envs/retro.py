@@ -28,13 +28,14 @@ import numpy as np
 from PIL import Image
 
 from wm.config import EnvConfig
+from wm.errors import ConfigValueError, UserError
 
 
-class GameNotFoundError(ValueError):
+class GameNotFoundError(UserError, ValueError):
     """The game id is not one stable-retro knows."""
 
 
-class RomNotFoundError(FileNotFoundError):
+class RomNotFoundError(UserError, FileNotFoundError):
     """stable-retro knows the game but its ROM has not been imported."""
 
 
@@ -79,11 +80,11 @@ class RetroEnv(gym.Env):
         self.buttons: list[str] = list(self._emu.unwrapped.buttons)
         self.button_table = build_button_table(cfg.action_map, self.buttons, cfg.game)
         if cfg.fire_mode not in ("hold", "tap"):
-            raise ValueError(f"env.fire_mode must be 'hold' or 'tap', got '{cfg.fire_mode}'")
+            raise ConfigValueError(f"env.fire_mode must be 'hold' or 'tap', got '{cfg.fire_mode}'")
         if cfg.resize not in ("box", "boxmax"):
-            raise ValueError(f"env.resize must be 'box' or 'boxmax', got '{cfg.resize}'")
+            raise ConfigValueError(f"env.resize must be 'box' or 'boxmax', got '{cfg.resize}'")
         if cfg.noop_max < 0:
-            raise ValueError(f"env.noop_max must be >= 0, got {cfg.noop_max}")
+            raise ConfigValueError(f"env.noop_max must be >= 0, got {cfg.noop_max}")
         self.tap_mask = build_button_table([list(cfg.tap_buttons)], self.buttons, cfg.game)[0].astype(bool)
         self.action_space = gym.spaces.Discrete(len(self.button_table))
         self.observation_space = gym.spaces.Box(0, 255, (cfg.height, cfg.width, 3), np.uint8)
@@ -162,12 +163,12 @@ class RetroEnv(gym.Env):
 def build_button_table(action_map: list[list[str]], buttons: list[str], game: str) -> np.ndarray:
     """(n_actions, n_buttons) uint8 table: row a = the buttons action a presses."""
     if not action_map:
-        raise ValueError(f"env.action_map is empty for {game}")
+        raise ConfigValueError(f"env.action_map is empty for {game}")
     table = np.zeros((len(action_map), len(buttons)), np.uint8)
     for a, combo in enumerate(action_map):
         for name in combo:
             if name not in buttons:
-                raise ValueError(
+                raise ConfigValueError(
                     f"env.action_map[{a}] uses button '{name}', which {game} does not have; "
                     f"its buttons are {buttons}"
                 )

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from wm.config import DynamicsConfig
+from wm.errors import ConfigValueError
 from wm.models.transformer import KVCache, Transformer
 
 NO_ACTION_INDEX = -1
@@ -52,13 +53,13 @@ class Dynamics(nn.Module):
     def __init__(self, cfg: DynamicsConfig, n_actions: int, n_latents: int, latent_dim: int):
         super().__init__()
         if cfg.k_max & (cfg.k_max - 1):
-            raise ValueError(f"dynamics.k_max must be a power of two, got {cfg.k_max}")
+            raise ConfigValueError(f"dynamics.k_max must be a power of two, got {cfg.k_max}")
         self.cfg = cfg
         self.n_actions = n_actions
         self.n_latents = n_latents
         self.latent_dim = latent_dim
         if cfg.pack < 1 or n_latents % cfg.pack:
-            raise ValueError(f"dynamics.pack={cfg.pack} must divide the tokenizer's n_latents={n_latents}")
+            raise ConfigValueError(f"dynamics.pack={cfg.pack} must divide the tokenizer's n_latents={n_latents}")
         self.n_spatial = n_latents // cfg.pack
         packed = cfg.pack * latent_dim
         dim = cfg.model.dim

@@ -21,6 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from wm.config import TokenizerConfig
+from wm.errors import ConfigValueError
 from wm.models.transformer import KVCache, Transformer
 
 
@@ -28,7 +29,7 @@ class Tokenizer(nn.Module):
     def __init__(self, cfg: TokenizerConfig, height: int, width: int):
         super().__init__()
         if height % cfg.patch or width % cfg.patch:
-            raise ValueError(f"frame {height}x{width} is not divisible by patch size {cfg.patch}")
+            raise ConfigValueError(f"frame {height}x{width} is not divisible by patch size {cfg.patch}")
         self.cfg = cfg
         self.height, self.width = height, width
         self.grid = (height // cfg.patch, width // cfg.patch)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wm.config import TransformerConfig
+from wm.errors import ConfigValueError
 
 
 def softcap_logits(logits: torch.Tensor, cap: float) -> torch.Tensor:
@@ -87,11 +88,11 @@ class Attention(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         if cfg.dim % cfg.heads or cfg.heads % cfg.kv_heads:
-            raise ValueError(f"dim {cfg.dim} / heads {cfg.heads} / kv_heads {cfg.kv_heads} must divide evenly")
+            raise ConfigValueError(f"dim {cfg.dim} / heads {cfg.heads} / kv_heads {cfg.kv_heads} must divide evenly")
         self.heads, self.kv_heads = cfg.heads, cfg.kv_heads
         self.dim_head = cfg.dim // cfg.heads
         if self.dim_head % 2:
-            raise ValueError("head dimension must be even for RoPE")
+            raise ConfigValueError("head dimension must be even for RoPE")
         self.softcap = cfg.softcap
         self.rope_base = cfg.rope_base
         self.q = nn.Linear(cfg.dim, cfg.heads * self.dim_head, bias=False)

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from wm.errors import ConfigValueError, CorruptInputError
+
 _WARNED = False
 
 
@@ -111,14 +113,14 @@ def load_stlpips(trunk: str = "alex") -> torch.nn.Module:
     aliases = {f"lins.{k[3]}{k[4:]}" for k in state if k.startswith("lin") and k[3].isdigit()}
     missing = [k for k in result.missing_keys if k not in aliases]
     if missing or result.unexpected_keys:
-        raise RuntimeError(f"{path}: missing {missing}, unexpected {result.unexpected_keys}")
+        raise CorruptInputError(f"{path}: missing {missing}, unexpected {result.unexpected_keys}")
     return _frozen(net)
 
 
 def load_perceptual(name: str) -> tuple[torch.nn.Module | None, bool]:
     """(module or None, pretrained?) for ``tokenizer.lpips_net``."""
     if name not in PERCEPTUAL_NETS:
-        raise ValueError(f"tokenizer.lpips_net must be one of {', '.join(PERCEPTUAL_NETS)}, got '{name}'")
+        raise ConfigValueError(f"tokenizer.lpips_net must be one of {', '.join(PERCEPTUAL_NETS)}, got '{name}'")
     if name == "none":
         return None, False
     if name == "lpips_alex":

@@ -49,7 +49,7 @@ def fire_presses(buttons: np.ndarray, tap: np.ndarray, fire_mode: str) -> np.nda
 
 
 def _episode(seed: int) -> dict[str, Any]:
-    from wm.stages.collect import play_episode
+    from wm.envs.rollout import play_episode
 
     env = _STATE["env"]
     ep = play_episode(env, _STATE["policy"], seed)
@@ -73,7 +73,7 @@ def reward_lag_lift(episodes: list[dict[str, Any]], max_lag: int = MAX_LAG) -> l
 
 
 def run(cfg: Config) -> dict[str, Any]:
-    from wm.stages.evaluate import ci95
+    from wm.stats import ci95
 
     start = time.perf_counter()
     episodes = max(30, cfg.eval.episodes)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from wm.atomic import atomic_dir, write_json_atomic
 from wm.config import Config
-from wm.data.shards import MANIFEST, SPLITS, _npy, iter_shard, read_manifest, shard_paths, write_split
+from wm.data.shards import MANIFEST, SPLITS, npy_bytes, iter_shard, read_manifest, shard_paths, write_split
 from wm.models.tokenizer import Tokenizer
 from wm.provenance import code_version
 from wm.training.trainer import CHECKPOINT
@@ -38,11 +38,11 @@ def encode_frames(model: Tokenizer, frames: np.ndarray, device: torch.device) ->
 def _latent_sample(sample: dict[str, Any], latents: np.ndarray) -> dict[str, Any]:
     return {
         "__key__": sample["__key__"],
-        "latents.npy": _npy(latents),
-        "actions.npy": _npy(sample["actions"].astype(np.int64)),
-        "rewards.npy": _npy(sample["rewards"].astype(np.float32)),
-        "terminals.npy": _npy(sample["terminals"].astype(bool)),
-        "continues.npy": _npy(sample["continues"].astype(np.float32)),
+        "latents.npy": npy_bytes(latents),
+        "actions.npy": npy_bytes(sample["actions"].astype(np.int64)),
+        "rewards.npy": npy_bytes(sample["rewards"].astype(np.float32)),
+        "terminals.npy": npy_bytes(sample["terminals"].astype(bool)),
+        "continues.npy": npy_bytes(sample["continues"].astype(np.float32)),
         "meta.json": json.dumps(sample["meta"]).encode(),
     }
 

@@ -8,7 +8,7 @@ one raw emulator, while self-contained workers approach 2x.
 Determinism: episode ``i`` is played with seed ``episode_seed(collect.seed, i)`` and worker
 ``w`` plays episodes ``w, w + n, w + 2n, ...`` until its share of ``collect.frames`` is
 stored, so the output is a function of (config, seed, workers), whoever runs the worker
-(this stage's processes or Prefect/Dask tasks, which call ``collect_worker`` directly).
+(this stage's processes or Dask tasks, ``collect.backend``).
 """
 
 from __future__ import annotations
@@ -25,43 +25,12 @@ import numpy as np
 
 from wm.atomic import atomic_dir, write_json_atomic
 from wm.config import Config, EnvConfig
-from wm.data.episodes import Episode, EpisodeInfo, save_episode
+from wm.data.episodes import EpisodeInfo, save_episode
+from wm.envs.rollout import episode_seed, play_episode
+from wm.errors import ConfigValueError
 
 METRICS_PATH = Path("data/metrics/collect.json")
 PROGRESS_EVERY = 256  # agent steps between progress messages
-
-
-def episode_seed(base_seed: int, episode: int) -> int:
-    return int(np.random.SeedSequence([base_seed, episode]).generate_state(1)[0])
-
-
-def play_episode(env: Any, policy: Any, seed: int, on_step: Any = None) -> Episode:
-    """Roll one episode of ``policy`` in ``env`` (a RetroEnv) with the given seed."""
-    obs, info = env.reset(seed=seed)
-    policy.reset(np.random.default_rng(seed))
-    frames, actions, buttons, rewards, terminals, lives = [], [], [], [], [], []
-    done = False
-    while not done:
-        action = policy.act(obs)
-        frames.append(obs)
-        obs, reward, terminated, truncated, info = env.step(action)
-        actions.append(info["action"])  # the action applied (after sticky repeats)
-        buttons.append(info["buttons"])
-        rewards.append(reward)
-        terminals.append(terminated)
-        lives.append(info.get("lives", -1))
-        done = terminated or truncated
-        if on_step is not None:
-            on_step()
-    return Episode(
-        frames=np.stack(frames),
-        actions=np.asarray(actions, np.int64),
-        buttons=np.stack(buttons).astype(np.uint8),
-        rewards=np.asarray(rewards, np.float32),
-        terminals=np.asarray(terminals, bool),
-        meta={"seed": seed, "truncated": bool(not terminals[-1])},
-        lives=np.asarray(lives, np.int16),
-    )
 
 
 def collect_worker(
@@ -125,7 +94,7 @@ def _worker_main(args: tuple, progress: Any, results: Any) -> None:
         results.put(("error", traceback.format_exc()))
 
 
-def _run_workers(cfg: Config, out_dir: Path, timing: dict[str, float] | None = None) -> list[dict[str, Any]]:
+def run_workers(cfg: Config, out_dir: Path, timing: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Run the collection workers in subprocesses. ``timing``, when given, receives the agent
     steps and seconds counted once every worker has started (throughput without start-up)."""
     from tqdm import tqdm
@@ -187,6 +156,28 @@ def _run_workers(cfg: Config, out_dir: Path, timing: dict[str, float] | None = N
     return sorted(outputs, key=lambda o: o["worker"])
 
 
+def run_workers_dask(cfg: Config, out_dir: str) -> list[dict[str, Any]]:
+    """The same workers as Dask tasks (``collect_worker`` each, retried twice): on a local
+    cluster of ``collect.workers`` processes, or on the scheduler at ``collect.dask_address``
+    (the output directory must then be shared by its workers)."""
+    from distributed import Client, LocalCluster
+
+    c = cfg.collect
+    budget = math.ceil(c.frames / c.workers)
+    args = [(cfg.env, c.policy, c.sticky_mean_steps, c.seed, w, c.workers, budget, out_dir) for w in range(c.workers)]
+    cluster = None
+    if not c.dask_address:
+        cluster = LocalCluster(n_workers=c.workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    try:
+        with Client(c.dask_address or cluster) as client:
+            futures = [client.submit(collect_worker, *a, retries=2, pure=False) for a in args]
+            outputs = client.gather(futures)
+    finally:
+        if cluster is not None:
+            cluster.close()
+    return sorted(outputs, key=lambda o: o["worker"])
+
+
 def summarize(episodes: list[dict[str, Any]]) -> dict[str, float]:
     returns = np.array([e["ret"] for e in episodes], dtype=np.float64)
     lengths = np.array([e["length"] for e in episodes], dtype=np.float64)
@@ -208,22 +199,20 @@ def run(cfg: Config, metrics_path: str | Path = METRICS_PATH) -> dict[str, Any]:
     c = cfg.collect
     check_policy_name(c.policy)
     if c.workers < 1 or c.frames < 1:
-        raise ValueError("collect.workers and collect.frames must be >= 1")
+        raise ConfigValueError("collect.workers and collect.frames must be >= 1")
     check_game(cfg.env.game, cfg.env.state)
     # Measured first, alone, so it has a core to itself: the yardstick for env_steps_per_s.
     raw = measure_raw_steps_per_s(cfg.env.game, cfg.env.state, c.raw_bench_seconds, c.seed)
 
     if c.backend not in ("processes", "dask"):
-        raise ValueError(f"collect.backend must be 'processes' or 'dask', got '{c.backend}'")
+        raise ConfigValueError(f"collect.backend must be 'processes' or 'dask', got '{c.backend}'")
     out = Path(c.out_dir)
     with atomic_dir(out) as tmp:
         start = time.perf_counter()
         if c.backend == "dask":
-            from flows.collect import run_workers_dask
-
             outputs = run_workers_dask(cfg, str(tmp.resolve()))
         else:
-            outputs = _run_workers(cfg, tmp)
+            outputs = run_workers(cfg, tmp)
         wall = time.perf_counter() - start
         episodes = sorted((e for o in outputs for e in o["episodes"]), key=lambda e: e["episode"])
         emu_frames = sum(o["emu_frames"] for o in outputs)

@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 
 from wm.atomic import write_json_atomic
 from wm.config import Config, EnvConfig
+from wm.stats import ci95
 
 METRICS_PATH = Path("data/metrics/evaluate.json")
 PLOT_PATH = Path("data/eval/returns.png")
@@ -54,20 +55,10 @@ def _init(env_cfg: EnvConfig, policy: str, tokenizer_dir: str) -> None:
 
 def _episode(seed: int) -> tuple[int, float, int, int]:
     """(seed, return, length, steps whose action fires)."""
-    from wm.stages.collect import play_episode
+    from wm.envs.rollout import play_episode
 
     ep = play_episode(_STATE["env"], _STATE["policy"], seed)
     return seed, ep.ret, len(ep), int(np.isin(np.asarray(ep.actions), _STATE["fire_ids"]).sum())
-
-
-def ci95(values: list[float]) -> float:
-    """Half-width of the 95% confidence interval of the mean (Student t)."""
-    n = len(values)
-    if n < 2:
-        return float("nan")
-    from scipy import stats
-
-    return float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
 
 
 def play(env_cfg: EnvConfig, policy: str, seeds: list[int], workers: int, tokenizer_dir: str) -> list[tuple]:
@@ -100,7 +91,7 @@ def bar_plot(results: dict[str, dict[str, float]], path: Path, title: str = "rea
 
 
 def record_gif(env_cfg: EnvConfig, policy: str, seed: int, tokenizer_dir: str, path: Path, max_frames: int) -> None:
-    from wm.stages.collect import play_episode
+    from wm.envs.rollout import play_episode
 
     _init(env_cfg, policy, tokenizer_dir)
     ep = play_episode(_STATE["env"], _STATE["policy"], seed)

@@ -13,79 +13,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from tqdm import tqdm
-
 from wm.atomic import atomic_dir, write_json_atomic
 from wm.config import Config
-from wm.data.episodes import load_episode
-from wm.data.shards import MANIFEST, episode_samples, split_episodes, write_split
-from wm.provenance import code_version
+from wm.data.shards import EXTRA_OFFSET, build_shards
+from wm.errors import ConfigValueError, MissingInputError
 
 METRICS_PATH = Path("data/metrics/shard.json")
-EXTRA_OFFSET = 1_000_000  # episode ids of the j-th extra set start at (j + 1) * EXTRA_OFFSET
 
 
 def read_rollouts(in_dir: Path) -> dict[str, Any]:
     path = in_dir / "manifest.json"
     if not path.exists():
-        raise FileNotFoundError(f"no rollouts in {in_dir} ({path} missing): run `wm collect` first")
+        raise MissingInputError(f"no rollouts in {in_dir} ({path} missing): run `wm collect` first")
     return json.loads(path.read_text())
-
-
-def split_by_set(indices: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Split each episode set on its own (set = id // EXTRA_OFFSET), so adding a set never moves
-    an earlier episode between train and val; a set of one episode goes to train."""
-    train: list[int] = []
-    val: list[int] = []
-    for group in sorted({i // EXTRA_OFFSET for i in indices}):
-        members = [i for i in indices if i // EXTRA_OFFSET == group]
-        if group > 0 and len(members) < 2:
-            train += members
-            continue
-        t, v = split_episodes(members, val_fraction, seed + group)
-        train += t
-        val += v
-    return train, val
-
-
-def build_shards(
-    episodes: list[tuple[int, Path]],
-    out_dir: Path,
-    *,
-    chunk_len: int,
-    chunks_per_shard: int,
-    val_fraction: float,
-    seed: int,
-    compress_level: int,
-    header: dict[str, Any],
-) -> dict[str, Any]:
-    """Write train/val shards for ``episodes`` (index, npz path) into ``out_dir``; return the manifest."""
-    train, val = split_by_set([i for i, _ in episodes], val_fraction, seed)
-    files = dict(episodes)
-    manifest: dict[str, Any] = {**header, "chunk_len": chunk_len, "splits": {}, "code_version": code_version()}
-    for split, indices in (("train", train), ("val", val)):
-        samples, infos = [], []
-        for index in tqdm(indices, desc=f"shard {split}", unit="episode", dynamic_ncols=True):
-            ep = load_episode(files[index])
-            samples.extend(episode_samples(ep, index, chunk_len, compress_level))
-            infos.append({"episode": index, "length": len(ep), "ret": ep.ret,
-                          "action_free": bool(ep.meta.get("action_free", False))})
-        # Seeded shuffle (val too): an unshuffled read of the first val batches is then a
-        # spread over episodes and game phases, not the opening seconds of one episode.
-        order = np.random.default_rng([seed, 1 if split == "train" else 2]).permutation(len(samples))
-        samples = [samples[i] for i in order]
-        shards = write_split(out_dir, split, samples, chunks_per_shard)
-        manifest["splits"][split] = {
-            "episodes": infos,
-            "n_episodes": len(infos),
-            "frames": int(sum(i["length"] for i in infos)),
-            "chunks": len(samples),
-            "mean_return": float(np.mean([i["ret"] for i in infos])) if infos else None,
-            "shards": shards,
-        }
-    write_json_atomic(out_dir / MANIFEST, manifest)
-    return manifest
 
 
 def extra_sets(extra_dir: str) -> list[Path]:
@@ -106,9 +46,9 @@ def gather_episodes(s: Any) -> tuple[dict[str, Any], list[tuple[int, Path]], lis
     for j, sub in enumerate(extra_sets(s.extra_dir)):
         extra = read_rollouts(sub)
         if extra["env"] != rollouts["env"]:
-            raise ValueError(f"{sub} was collected with another env config than {in_dir}; remove it or re-collect")
+            raise ConfigValueError(f"{sub} was collected with another env config than {in_dir}; remove it or re-collect")
         if max((e["episode"] for e in extra["episodes"]), default=0) >= EXTRA_OFFSET:
-            raise ValueError(f"{sub} holds more than {EXTRA_OFFSET} episodes")
+            raise ConfigValueError(f"{sub} holds more than {EXTRA_OFFSET} episodes")
         episodes += [((j + 1) * EXTRA_OFFSET + e["episode"], sub / e["file"]) for e in extra["episodes"]]
         sources.append({"dir": str(sub), "policy": extra["policy"], "episodes": len(extra["episodes"])})
     return rollouts, episodes, sources

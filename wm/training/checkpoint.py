@@ -17,9 +17,10 @@ import torch
 import yaml
 
 from wm.atomic import write_bytes_atomic
+from wm.errors import UserError
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, corrupt, or does not fit the model."""
 
 

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from wm.errors import ConfigValueError
+
 MODES = ("none", "ddp", "fsdp")
 
 
@@ -36,7 +38,7 @@ class DistInfo:
 
 def init_distributed(mode: str) -> DistInfo:
     if mode not in MODES:
-        raise ValueError(f"train.distributed must be one of {MODES}, got '{mode}'")
+        raise ConfigValueError(f"train.distributed must be one of {MODES}, got '{mode}'")
     cuda = torch.cuda.is_available()
     if mode == "none" or "WORLD_SIZE" not in os.environ:
         return DistInfo(device=torch.device("cuda" if cuda else "cpu"))

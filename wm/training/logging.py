@@ -8,6 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from wm.errors import ConfigValueError
+
 
 class RunLogger:
     def __init__(self, live_dir: str | Path, *, wandb_mode: str, project: str, config: dict[str, Any],
@@ -28,7 +30,7 @@ class RunLogger:
             # dvcyaml=None: dvc.yaml is ours; save_dvc_exp=False: the DVC stage owns experiments.
             self.live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=start_step > 0)
         if wandb_mode not in ("offline", "disabled", "online"):
-            raise ValueError(f"train.wandb must be offline|disabled|online, got '{wandb_mode}'")
+            raise ConfigValueError(f"train.wandb must be offline|disabled|online, got '{wandb_mode}'")
         mode = os.environ.get("WANDB_MODE", wandb_mode) if wandb_mode != "disabled" else "disabled"
         if mode != "disabled":
             try:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from wm.config import RLConfig
+from wm.errors import ConfigValueError
 from wm.objectives.pmpo import pmpo_loss
 from wm.objectives.returns import lambda_returns
 from wm.objectives.twohot import twohot_decode, twohot_loss
@@ -38,7 +39,7 @@ class PMPOLearner:
                  bins: torch.Tensor):
         self.policy, self.value, self.prior = policy, value, prior
         if cfg.center not in ("none", "mean", "median"):
-            raise ValueError(f"rl.center must be none, mean or median, got '{cfg.center}'")
+            raise ConfigValueError(f"rl.center must be none, mean or median, got '{cfg.center}'")
         self.params = list(params)
         self.cfg = cfg
         self.bins = bins

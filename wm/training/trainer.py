@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from wm.config import TrainConfig
+from wm.errors import ConfigValueError, UserError
 from wm.training.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from wm.training.distributed import DistInfo, all_true, cleanup, init_distributed, wrap_model
 from wm.training.logging import RunLogger
@@ -33,7 +34,7 @@ from wm.training.optim import make_optimizer, make_scheduler
 CHECKPOINT = "checkpoint.pt"
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The loss became NaN or inf; training stopped and the last good checkpoint was kept."""
 
 
@@ -59,7 +60,7 @@ def compile_blocks(model: nn.Module, block_types: tuple[type, ...]) -> int:
 
 def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"train.precision must be auto|fp32|bf16, got '{precision}'")
+        raise ConfigValueError(f"train.precision must be auto|fp32|bf16, got '{precision}'")
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
