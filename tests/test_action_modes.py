@@ -22,3 +22,23 @@ def test_reward_lag_lift_by_hand():
     assert lift[0] == pytest.approx(0.5 - 0.25)
     # lag 2: presses at 0, 2 -> rewards at 2, 4 both > 0; no-press steps 1, 3 -> rewards at 3, 5: none
     assert lift[2] == pytest.approx(1.0 - 0.0)
+
+
+def test_aim_policy_steers_under_the_nearest_enemy_and_fires_on_schedule():
+    from wm.envs.policies import AimPolicy, make_policy
+
+    action_map = [[], ["UP"], ["DOWN"], ["LEFT"], ["RIGHT"], ["B"], ["UP", "B"], ["DOWN", "B"], ["LEFT", "B"],
+                  ["RIGHT", "B"]]
+    aim = make_policy("aim_fire_every_2", len(action_map), action_map=action_map)
+    assert isinstance(aim, AimPolicy) and aim.name == "aim_fire_every_2"
+    aim.reset(np.random.default_rng(0))
+    frame = np.zeros((64, 64, 3), np.uint8)
+    frame[50:53, 40:43] = 255                     # the ship (white), x ~ 41
+    frame[10:13, 5:8] = (220, 20, 20)             # a far enemy on the left
+    frame[30:33, 55:58] = (220, 20, 20)           # the nearest (lowest) enemy, on the right
+    assert aim.target_direction(frame) == 1
+    assert [action_map[aim.act(frame)] for _ in range(2)] == [["RIGHT", "B"], ["RIGHT"]]  # fire on steps 0, 2, ...
+    frame[30:33, 55:58] = 0
+    frame[30:33, 40:43] = (220, 20, 20)           # now straight above: stay
+    assert aim.target_direction(frame) == 0 and action_map[aim.act(frame)] == ["B"]
+    assert aim.target_direction(np.zeros((64, 64, 3), np.uint8)) is None and aim.seen == 3

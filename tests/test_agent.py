@@ -91,12 +91,12 @@ def test_real_and_imagined_envs_pass_the_same_api_test(debug_cfg):
     from wm.envs.imagined import imagined_reward_rate
 
     torch.nn.init.normal_(agent.reward_head[-1].weight)  # zero-initialised: give it something to say
-    act = lambda feat, t: (torch.arange(feat.shape[0]) + t) % n_actions  # noqa: E731
+    act = lambda info, t: (torch.arange(info["features"].shape[0]) + t) % n_actions  # noqa: E731
     manual = []
     for seed in (7, 8):
         _, info = imagined.reset(seed=seed)
         for t in range(imagined.max_steps):
-            _, r, _, _, info = imagined.step(act(info["features"], t))
+            _, r, _, _, info = imagined.step(act(info, t))
             manual.extend(r.tolist())
             assert ((info["continue"] > 0) & (info["continue"] < 1)).all()
     assert len(set(manual)) > 1

@@ -55,7 +55,7 @@ class ImaginedEnv:
         self._t = 0
         self._z = z[:, -1:]
         obs = self._render(z)
-        return obs, {"latents": z[:, -1], "features": feat[:, -1]}
+        return obs, {"latents": z[:, -1], "features": feat[:, -1], "frames": obs}
 
     @torch.no_grad()
     def step(self, actions: np.ndarray | torch.Tensor):
@@ -73,13 +73,14 @@ class ImaginedEnv:
         terminated = np.zeros(n, bool)
         truncated = np.full(n, self._t >= self.max_steps)
         return obs, reward.cpu().numpy(), terminated, truncated, {"latents": z[:, -1], "features": feat[:, -1],
-                                                                  "continue": cont}
+                                                                  "continue": cont, "frames": obs}
 
 
 @torch.no_grad()
-def imagined_reward_rate(env: ImaginedEnv, act: Callable[[torch.Tensor, int], torch.Tensor],
+def imagined_reward_rate(env: ImaginedEnv, act: Callable[[dict[str, Any], int], torch.Tensor],
                          seeds: Iterable[int]) -> float:
-    """Mean reward per step the world model predicts for a policy ``act(features, t) -> actions``
+    """Mean reward per step the world model predicts for a policy ``act(info, t) -> actions``
+    (``info["features"]``: the agent features; ``info["frames"]``: the decoded frames)
     over ``len(seeds)`` batches of ``env.num_envs`` imagined episodes of ``env.max_steps`` steps.
     Read beside the same policy's real reward per step: the gap says how well imagination, where
     the policy learns, prices what it does."""
@@ -87,7 +88,7 @@ def imagined_reward_rate(env: ImaginedEnv, act: Callable[[torch.Tensor, int], to
     for seed in seeds:
         _, info = env.reset(seed=seed)
         for t in range(env.max_steps):
-            _, reward, _, _, info = env.step(act(info["features"], t))
+            _, reward, _, _, info = env.step(act(info, t))
             total += float(np.sum(reward))
             steps += env.num_envs
     if steps == 0:

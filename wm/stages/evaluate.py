@@ -3,7 +3,8 @@
 Random (uniform over the action map), behaviour cloning (the finetuned agent's policy head)
 and PMPO (after imagination RL) each play ``eval.episodes`` episodes with the same seeds (the
 env's random no-op starts vary the start state; actions are sampled), and so do the scripted
-fire schedules of ``SCRIPTED`` (random movement; never fire, fire every step, every 2nd step).
+fire schedules of ``SCRIPTED`` (random movement; never fire, fire every 2nd step)
+and the aiming reference (``AimPolicy``: fire every 2nd step, move under the nearest enemy).
 Reported: mean return with a 95% confidence interval (Student t), episode length, a bar plot
 (``data/eval/returns.png``) and a GIF of a PMPO episode (``data/eval/pmpo_episode.gif``).
 Episodes run in ``eval.workers`` processes, each holding its own emulator and policy copy.
@@ -35,7 +36,7 @@ METRICS_PATH = Path("data/metrics/evaluate.json")
 PLOT_PATH = Path("data/eval/returns.png")
 RATE_PLOT_PATH = Path("data/eval/reward_per_step.png")
 VIDEO_PATH = Path("data/eval/pmpo_episode.gif")
-SCRIPTED = ("never_fire", "fire_every_1", "fire_every_2")
+SCRIPTED = ("never_fire", "fire_every_2", "aim_fire_every_2")  # fire_every_1: data/metrics/action_modes.json
 
 _STATE: dict[str, Any] = {}
 
@@ -107,7 +108,7 @@ def imagined_rates(cfg: Config) -> dict[str, float]:
 
     from wm.data.shards import make_clip_loader
     from wm.envs.imagined import ImaginedEnv, imagined_reward_rate
-    from wm.envs.policies import FireSchedule
+    from wm.envs.policies import AimPolicy, FireSchedule
     from wm.world_model import WorldModel
 
     e, r = cfg.eval, cfg.rl
@@ -115,17 +116,33 @@ def imagined_rates(cfg: Config) -> dict[str, float]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     world, _ = WorldModel.load(cfg.rl.out_dir, steps=cfg.dynamics.sample_steps, device=device)
     bc, _ = WorldModel.load(cfg.agent.out_dir, device=device)
+    # the same model with the tokenizer's decoder: the aiming reference reads decoded frames
+    seeing, _ = WorldModel.load(cfg.rl.out_dir, cfg.tokenizer.out_dir, steps=cfg.dynamics.sample_steps,
+                                device=device)
     gen = torch.Generator(device=device)
 
     def sampled(logits_fn: Any) -> Any:
-        return lambda feat, t: torch.multinomial(logits_fn(feat)[:, 0].softmax(-1), 1, generator=gen).squeeze(-1)
+        return lambda info, t: torch.multinomial(logits_fn(info["features"])[:, 0].softmax(-1), 1,
+                                                 generator=gen).squeeze(-1)
 
     def scripted(name: str) -> Any:
-        every = 0 if name == "never_fire" else int(name.removeprefix("fire_every_"))
-        schedule = FireSchedule(cfg.env.action_map, every, tuple(cfg.env.tap_buttons))
-        return lambda feat, t: schedule.actions(t, feat.shape[0], gen)
+        fire = tuple(cfg.env.tap_buttons)
+        if name.startswith("aim_fire_every_"):
+            every = int(name.removeprefix("aim_fire_every_"))
+            aims = [AimPolicy(cfg.env.action_map, every, fire) for _ in range(r.num_envs)]
 
-    acts = {"random": lambda feat, t: torch.randint(0, world.n_actions, (feat.shape[0],), generator=gen,
+            def aim(info: dict[str, Any], t: int) -> torch.Tensor:
+                if t == 0:
+                    for i, a in enumerate(aims):
+                        a.reset(np.random.default_rng([e.seed, i, int(torch.randint(1 << 30, (1,), generator=gen))]))
+                return torch.tensor([a.act(f) for a, f in zip(aims, info["frames"])], device=device)
+
+            return aim
+        every = 0 if name == "never_fire" else int(name.removeprefix("fire_every_"))
+        schedule = FireSchedule(cfg.env.action_map, every, fire)
+        return lambda info, t: schedule.actions(t, info["features"].shape[0], gen)
+
+    acts = {"random": lambda info, t: torch.randint(0, world.n_actions, (info["features"].shape[0],), generator=gen,
                                                         device=device),
             "bc": sampled(bc.agent.policy_logits), "pmpo": sampled(world.agent.policy_logits),
             **{name: scripted(name) for name in SCRIPTED}}
@@ -134,7 +151,8 @@ def imagined_rates(cfg: Config) -> dict[str, float]:
     for name, act in acts.items():  # identical contexts and noise for every policy
         contexts = iter(make_clip_loader(cfg.latents.out_dir, "val", r.context, r.num_envs, shuffle=False,
                                          infinite=True))
-        env = ImaginedEnv(world, lambda _seed: next(contexts), r.num_envs, max_steps=r.horizon)
+        model = seeing if name.startswith("aim_") else world
+        env = ImaginedEnv(model, lambda _seed: next(contexts), r.num_envs, max_steps=r.horizon)
         gen.manual_seed(e.seed)
         rates[name] = imagined_reward_rate(env, act, seeds)
     return rates
