@@ -44,6 +44,14 @@ METRICS_PATH = Path("data/metrics/agent.json")
 LIVE_DIR = Path("data/metrics/agent")
 
 
+def agent_for_finetuning(agent: Agent) -> Agent:
+    """Freeze what finetuning does not train: the value head learns in imagination only. A
+    parameter no loss reaches would also stop DDP at its second step (it expects every
+    trainable parameter to get a gradient)."""
+    agent.value_head.requires_grad_(False)
+    return agent
+
+
 class AgentLoss(nn.Module):
     """``(agent, batch) -> (loss, logs)``: shortcut forcing + MTP behaviour cloning + MTP rewards."""
 
@@ -128,7 +136,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     def model_factory() -> Agent:
         dyn = Dynamics(dynamics.cfg, n_actions, dynamics.n_latents, dynamics.latent_dim)
         dyn.load_state_dict(pretrained)  # the trainer seeds and builds; start from the trained dynamics
-        return Agent(dyn, n_tasks=1, mtp=a.mtp, bins=a.bins)
+        return agent_for_finetuning(Agent(dyn, n_tasks=1, mtp=a.mtp, bins=a.bins))
 
     def data_factory(info, skip: int):
         return train_batches(cfg.latents.out_dir, a.train, info, cfg.data.shuffle_buffer, skip)
