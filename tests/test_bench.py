@@ -35,5 +35,9 @@ def test_bench_skips_sections_and_rejects_unknown_ones(debug_cfg, tmp_path):
     assert out["tokenizer/train_steps_per_s"] > 0 and out["dynamics/train_steps_per_s"] > 0
     assert not any(k.startswith(("collect/", "fps/", "loader/")) for k in out)
     assert json.loads((tmp_path / "b.json").read_text())["skipped"] == out["skipped"]
+    # generation runs the benchmarked dynamics model: skipping dynamics skips it too, and says so
+    out = bench.run(debug_cfg, seconds=0.1, skip=("collect", "loader", "dynamics", "tokenizer"),
+                    out=tmp_path / "d.json")
+    assert out["skipped"] == ["collect", "dynamics", "generation", "loader", "tokenizer"]
     with pytest.raises(ValueError, match="unknown section"):
         bench.run(debug_cfg, seconds=0.2, skip=("colect",), out=tmp_path / "c.json")

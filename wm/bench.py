@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import resource
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -187,6 +188,10 @@ def run(cfg: Config, seconds: float = 8.0, skip: tuple[str, ...] = (), out: Path
     unknown = sorted(set(skip) - set(SECTIONS))
     if unknown:
         raise ConfigValueError(f"wm bench --skip: unknown section(s) {unknown}; sections are {', '.join(SECTIONS)}")
+    skip = tuple(skip)
+    if "dynamics" in skip and "generation" not in skip:  # generation runs the benchmarked dynamics model
+        print("wm bench: generation needs the dynamics section; skipping it too", file=sys.stderr)
+        skip += ("generation",)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
     results: dict[str, Any] = {"preset": cfg.preset_name, "device": str(device), "threads": torch.get_num_threads(),
