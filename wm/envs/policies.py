@@ -170,11 +170,10 @@ class AimPolicy(FireSchedule):
 
     def act(self, obs: np.ndarray) -> int:
         d = self.target_direction(obs)
+        if d is None:  # nothing to aim at: the fire schedule's random move
+            return super().act(obs)
         fire = self.fires(self._t)
         self._t += 1
-        if d is None:
-            m = int(self._rng.integers(len(self.no_fire)))
-            return self.with_fire[m] if fire else self.no_fire[m]
         self.seen += 1
         return self._steer[d][1 if fire else 0]
 
