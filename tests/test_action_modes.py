@@ -42,3 +42,24 @@ def test_aim_policy_steers_under_the_nearest_enemy_and_fires_on_schedule():
     frame[30:33, 40:43] = (220, 20, 20)           # now straight above: stay
     assert aim.target_direction(frame) == 0 and action_map[aim.act(frame)] == ["B"]
     assert aim.target_direction(np.zeros((64, 64, 3), np.uint8)) is None and aim.seen == 3
+
+
+def test_aim_mix_aims_at_its_episode_skill():
+    """Each episode draws a skill s; a step aims with probability s, else moves at random (1 of 5
+    moves is RIGHT by chance), so the share of RIGHT steps is s + (1 - s) / 5."""
+    from wm.envs.policies import AimMix, make_policy
+
+    action_map = [[], ["UP"], ["DOWN"], ["LEFT"], ["RIGHT"], ["B"], ["UP", "B"], ["DOWN", "B"], ["LEFT", "B"],
+                  ["RIGHT", "B"]]
+    mix = make_policy("aim_mix", len(action_map), action_map=action_map)
+    assert isinstance(mix, AimMix)
+    frame = np.zeros((64, 64, 3), np.uint8)
+    frame[50:53, 10:13] = 255                     # the ship on the left
+    frame[30:33, 55:58] = (220, 20, 20)           # an enemy on the right: aiming means RIGHT
+    skills = []
+    for seed in range(6):
+        mix.reset(np.random.default_rng(seed))
+        right = np.mean(["RIGHT" in action_map[mix.act(frame)] for _ in range(600)])
+        assert right == pytest.approx(mix.skill + (1 - mix.skill) / 5, abs=0.07)
+        skills.append(mix.skill)
+    assert max(skills) - min(skills) > 0.3

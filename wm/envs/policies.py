@@ -178,7 +178,37 @@ class AimPolicy(FireSchedule):
         return self._steer[d][1 if fire else 0]
 
 
-POLICIES = ("random", "sticky_random", "random_fire_rate", "never_fire", "fire_every_<k>", "aim_fire_every_<k>",
+class AimMix:
+    """Collection data with some skill in it: each episode draws a skill ``s`` and a fire rate
+    ``r`` from U(0, 1); each step follows the aiming reference (``AimPolicy``, fire every 2nd
+    step) with probability ``s``, else random movement firing with probability ``r``.
+
+    Uniform random play lines the ship up under an enemy and fires only by chance (a kill on
+    1.6 % of steps), so a world model trained on it sees few examples of what aiming does and
+    imagination prices aiming almost like random play (README). Dreamer 4 learns from offline
+    play with skill in it (the VPT contractor data in Minecraft); this is the hand-written stand-in.
+    The per-episode draw keeps the whole range in the data, from random play (the RL yardstick)
+    to nearly always aiming, and low fire rates keep stretches without shots."""
+
+    name = "aim_mix"
+
+    def __init__(self, action_map: list[list[str]], fire: tuple[str, ...] = ("B",)):
+        self.aim = AimPolicy(action_map, 2, fire)
+        self.random = RandomFireRate(action_map, fire)
+        self.skill = 0.5
+        self._rng = np.random.default_rng(0)
+
+    def reset(self, rng: np.random.Generator) -> None:
+        self._rng = rng
+        self.skill = float(rng.random())
+        self.aim.reset(rng)
+        self.random.reset(rng)
+
+    def act(self, obs: np.ndarray) -> int:
+        return self.aim.act(obs) if self._rng.random() < self.skill else self.random.act(obs)
+
+
+POLICIES = ("random", "sticky_random", "random_fire_rate", "aim_mix", "never_fire", "fire_every_<k>", "aim_fire_every_<k>",
             "agent:<checkpoint dir>")
 
 
@@ -189,10 +219,10 @@ def make_policy(name: str, n_actions: int, sticky_mean_steps: float = 4.0,
         return RandomPolicy(n_actions)
     if name == "sticky_random":
         return StickyRandomPolicy(n_actions, sticky_mean_steps)
-    if name == "random_fire_rate":
+    if name in ("random_fire_rate", "aim_mix"):
         if action_map is None:
             raise ConfigValueError(f"policy '{name}' needs the env's action map")
-        return RandomFireRate(action_map, fire)
+        return RandomFireRate(action_map, fire) if name == "random_fire_rate" else AimMix(action_map, fire)
     if name.startswith("aim_fire_every_"):
         if action_map is None:
             raise ConfigValueError(f"policy '{name}' needs the env's action map")
@@ -212,5 +242,5 @@ def make_policy(name: str, n_actions: int, sticky_mean_steps: float = 4.0,
 def check_policy_name(name: str) -> None:
     scripted = name == "never_fire" or any(name.startswith(p) and name.removeprefix(p).isdigit()
                                            for p in ("fire_every_", "aim_fire_every_"))
-    if name not in ("random", "sticky_random", "random_fire_rate") and not scripted and not name.startswith("agent:"):
+    if name not in ("random", "sticky_random", "random_fire_rate", "aim_mix") and not scripted and not name.startswith("agent:"):
         raise ConfigValueError(f"unknown collect.policy '{name}'; available: {', '.join(POLICIES)}")
