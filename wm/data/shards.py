@@ -267,32 +267,23 @@ def _decode(key: str, files: dict[str, bytes], path: Path) -> dict[str, Any]:
 
 def iter_shard(path: str | Path, keep: Any = None) -> Iterator[dict[str, Any]]:
     """Decoded samples of one shard, in order. ``keep(i)`` selects by position in the shard
-    (undecoded samples cost only their read). Truncation/corruption raises ShardError."""
+    (undecoded samples cost only their read). Truncation/corruption raises ShardError.
+
+    Reading and grouping files into samples is webdataset's (``tar_file_iterator``,
+    ``group_by_keys``); the decoding is ours, so that a bad sample names its shard and key and
+    the position filter lets a resumed epoch skip samples without decoding them."""
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
     path = Path(path)
-    group: dict[str, bytes] = {}
-    current: str | None = None
-    position = 0
     try:
-        with tarfile.open(path, "r|") as tf:  # streaming: no seeking, one pass
-            for member in tf:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.partition(".")
-                if key != current and current is not None:
-                    if keep is None or keep(position):
-                        yield _decode(current, group, path)
-                    position += 1
-                    group = {}
-                current = key
-                f = tf.extractfile(member)
-                data = f.read() if f is not None else b""
-                if len(data) != member.size:
-                    raise ShardError(f"shard {path} is truncated inside '{member.name}'")
-                group[ext] = data
-    except (tarfile.TarError, EOFError, OSError) as err:
+        with open(path, "rb") as f:
+            files = ({**item, "__url__": str(path)} for item in tar_file_iterator(f))
+            for position, group in enumerate(group_by_keys(files)):
+                if keep is None or keep(position):
+                    key = group.pop("__key__")
+                    yield _decode(key, {k: v for k, v in group.items() if not k.startswith("__")}, path)
+    except (tarfile.TarError, EOFError, OSError, ValueError) as err:
         raise ShardError(f"shard {path} is truncated or corrupt: {err}") from err
-    if current is not None and (keep is None or keep(position)):
-        yield _decode(current, group, path)
 
 
 def _clip_offsets(length: int, clip_len: int, rng: np.random.Generator | None) -> list[int]:
