@@ -180,8 +180,8 @@ class AimPolicy(FireSchedule):
 
 class AimMix:
     """Collection data with some skill in it: each episode draws a skill ``s`` and a fire rate
-    ``r`` from U(0, 1); each step follows the aiming reference (``AimPolicy``, fire every 2nd
-    step) with probability ``s``, else random movement firing with probability ``r``.
+    ``r`` from U(0, 1); each step follows the aiming reference (``AimPolicy``, firing on
+    every 2nd of its own steps) with probability ``s``, else random movement firing with probability ``r``.
 
     Uniform random play lines the ship up under an enemy and fires only by chance (a kill on
     1.6 % of steps), so a world model trained on it sees few examples of what aiming does and
@@ -208,8 +208,10 @@ class AimMix:
         return self.aim.act(obs) if self._rng.random() < self.skill else self.random.act(obs)
 
 
-POLICIES = ("random", "sticky_random", "random_fire_rate", "aim_mix", "never_fire", "fire_every_<k>", "aim_fire_every_<k>",
-            "agent:<checkpoint dir>")
+POLICIES = ("random", "sticky_random", "random_fire_rate", "aim_mix", "never_fire", "fire_every_<k>",
+            "aim_fire_every_<k>", "agent:<checkpoint dir>")
+NAMED = ("random", "sticky_random", "random_fire_rate", "aim_mix")  # the policies without a parameter
+SCHEDULED = ("fire_every_", "aim_fire_every_")                       # prefixes of the scripted ones
 
 
 def make_policy(name: str, n_actions: int, sticky_mean_steps: float = 4.0,
@@ -219,28 +221,26 @@ def make_policy(name: str, n_actions: int, sticky_mean_steps: float = 4.0,
         return RandomPolicy(n_actions)
     if name == "sticky_random":
         return StickyRandomPolicy(n_actions, sticky_mean_steps)
-    if name in ("random_fire_rate", "aim_mix"):
-        if action_map is None:
-            raise ConfigValueError(f"policy '{name}' needs the env's action map")
-        return RandomFireRate(action_map, fire) if name == "random_fire_rate" else AimMix(action_map, fire)
-    if name.startswith("aim_fire_every_"):
-        if action_map is None:
-            raise ConfigValueError(f"policy '{name}' needs the env's action map")
-        return AimPolicy(action_map, int(name.removeprefix("aim_fire_every_")), fire)
-    if name == "never_fire" or name.startswith("fire_every_"):
-        if action_map is None:
-            raise ConfigValueError(f"policy '{name}' needs the env's action map")
-        every = 0 if name == "never_fire" else int(name.removeprefix("fire_every_"))
-        return FireSchedule(action_map, every, fire)
     if name.startswith("agent:"):
         from wm.envs.neural_policy import policy_from_checkpoint
 
         return policy_from_checkpoint(name.removeprefix("agent:"), tokenizer_dir)
+    reads_map = name in ("random_fire_rate", "aim_mix", "never_fire") or name.startswith(SCHEDULED)
+    if reads_map and action_map is None:
+        raise ConfigValueError(f"policy '{name}' needs the env's action map")
+    if name == "random_fire_rate":
+        return RandomFireRate(action_map, fire)
+    if name == "aim_mix":
+        return AimMix(action_map, fire)
+    if name.startswith("aim_fire_every_"):
+        return AimPolicy(action_map, int(name.removeprefix("aim_fire_every_")), fire)
+    if name == "never_fire" or name.startswith("fire_every_"):
+        every = 0 if name == "never_fire" else int(name.removeprefix("fire_every_"))
+        return FireSchedule(action_map, every, fire)
     raise ConfigValueError(f"unknown policy '{name}'; available: {', '.join(POLICIES)}")
 
 
 def check_policy_name(name: str) -> None:
-    scripted = name == "never_fire" or any(name.startswith(p) and name.removeprefix(p).isdigit()
-                                           for p in ("fire_every_", "aim_fire_every_"))
-    if name not in ("random", "sticky_random", "random_fire_rate", "aim_mix") and not scripted and not name.startswith("agent:"):
+    scripted = name == "never_fire" or any(name.startswith(p) and name.removeprefix(p).isdigit() for p in SCHEDULED)
+    if name not in NAMED and not scripted and not name.startswith("agent:"):
         raise ConfigValueError(f"unknown collect.policy '{name}'; available: {', '.join(POLICIES)}")
