@@ -232,6 +232,15 @@ def test_compile_blocks_compiles_each_block_not_the_whole_model(debug_cfg):
     assert all(m._compiled_call_impl is not None for m in blocks) and model._compiled_call_impl is None
     assert torch._dynamo.config.recompile_limit >= 64
     torch.testing.assert_close(model(*inputs), before)  # same function, now through the compiled blocks
+    # evaluation and generation run the same blocks eagerly (a new shape every step), then the
+    # compiled calls come back for training
+    from wm.training.trainer import eager_blocks
+
+    impls = [m._compiled_call_impl for m in blocks]
+    with eager_blocks(model):
+        assert all(m._compiled_call_impl is None for m in blocks)
+        torch.testing.assert_close(model(*inputs), before)
+    assert [m._compiled_call_impl for m in blocks] == impls
 
 
 def _stage_parts(which: str):

@@ -58,6 +58,22 @@ def compile_blocks(model: nn.Module, block_types: tuple[type, ...]) -> int:
     return len(blocks)
 
 
+@contextlib.contextmanager
+def eager_blocks(model: nn.Module):
+    """Run a module compiled by :func:`compile_blocks` eagerly inside the block: evaluation and
+    generation feed a new shape at every step (a growing context, a KV cache, K-step loops), and
+    compiling each of those costs far more than it saves (on 2 CPU cores a compiled bench's
+    generation section spent its time recompiling: over 600 recompile log lines, 79 s)."""
+    saved = [(m, m._compiled_call_impl) for m in model.modules() if getattr(m, "_compiled_call_impl", None)]
+    for m, _ in saved:
+        m._compiled_call_impl = None
+    try:
+        yield model
+    finally:
+        for m, impl in saved:
+            m._compiled_call_impl = impl
+
+
 def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     if precision not in ("auto", "fp32", "bf16"):
         raise ConfigValueError(f"train.precision must be auto|fp32|bf16, got '{precision}'")
@@ -127,11 +143,15 @@ class Trainer:
 
     def main_process_model(self) -> nn.Module | None:
         """After ``fit``: the trained (unwrapped) model in eval mode on rank 0, where stages
-        evaluate and write their outputs; ``None`` on the other ranks under torchrun."""
+        evaluate and write their outputs; ``None`` on the other ranks under torchrun. Blocks
+        compiled for training run eagerly from here on (see :func:`eager_blocks`)."""
         if int(os.environ.get("RANK", "0")) != 0:
             return None
         if self.model is None:
             raise RuntimeError("fit() has not run")
+        for m in self.model.modules():
+            if getattr(m, "_compiled_call_impl", None) is not None:
+                m._compiled_call_impl = None
         return self.model.eval()
 
     def _warm_start(self, model: nn.Module, src: Path) -> None:
@@ -232,7 +252,8 @@ class Trainer:
                 if self.evaluate is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
                     wrapped.eval()
                     with torch.no_grad(), precision:
-                        eval_logs = self.evaluate(model, done)
+                        with eager_blocks(model):
+                            eval_logs = self.evaluate(model, done)
                     wrapped.train()
                     logger.log(done, eval_logs, plot=True)
                     logs = {**logs, **eval_logs}
