@@ -93,3 +93,58 @@ def test_non_finite_loss_stops_with_a_clear_error(rl_setup, monkeypatch):
     with pytest.raises(NonFiniteLossError, match="iteration 3"):
         _run(base, cfg, "nan")
     assert load_checkpoint(base / "nan" / CHECKPOINT)["step"] == 2
+
+
+def test_stages_place_models_and_generators_on_compute_device(rl_setup, monkeypatch):
+    """Latents and imagination RL ask ``compute_device()`` and hand its answer to every model
+    load (their generators follow the loaded model's device). On CPU a distinguishable
+    ``cpu:0`` stands in for a GPU."""
+    from wm import world_model
+    from wm.training import distributed
+
+    base, cfg = rl_setup
+    target = torch.device("cpu", 0)
+    seen = []
+    for mod in (cache_latents, imagine_rl, distributed):
+        monkeypatch.setattr(mod, "compute_device", lambda local_rank=0: target)
+    real_world, real_tok = world_model.WorldModel.load.__func__, cache_latents.load_tokenizer
+
+    def world_load(cls, *args, device=None, **kwargs):
+        seen.append(("world", device))
+        return real_world(cls, *args, device=device, **kwargs)
+
+    def tok_load(path, device=None):
+        seen.append(("tokenizer", device))
+        return real_tok(path, device)
+
+    monkeypatch.setattr(world_model.WorldModel, "load", classmethod(world_load))
+    monkeypatch.setattr(cache_latents, "load_tokenizer", tok_load)
+    from dataclasses import replace
+
+    cwd = os.getcwd()
+    os.chdir(base)
+    try:
+        cache_latents.run(replace(cfg, latents=replace(cfg.latents, out_dir=str(base / "latents_dev"))))
+    finally:
+        os.chdir(cwd)
+    _run(base, replace(cfg, rl=replace(cfg.rl, iterations=2)), "dev")
+    kinds = {k for k, _ in seen}
+    assert kinds == {"world", "tokenizer"}
+    assert all(d == target for _, d in seen), seen
+
+
+def test_compute_device_reads_wm_device(monkeypatch):
+    from wm.errors import ConfigValueError
+    from wm.training.distributed import compute_device
+
+    monkeypatch.delenv("WM_DEVICE", raising=False)
+    assert compute_device() == torch.device("cuda" if torch.cuda.is_available() else "cpu", 0 if torch.cuda.is_available() else None)
+    monkeypatch.setenv("WM_DEVICE", "cpu")
+    assert compute_device() == torch.device("cpu")
+    monkeypatch.setenv("WM_DEVICE", "gpu0")
+    with pytest.raises(ConfigValueError, match="WM_DEVICE"):
+        compute_device()
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("WM_DEVICE", "cuda")
+        with pytest.raises(ConfigValueError, match="not available"):
+            compute_device()

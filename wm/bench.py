@@ -203,7 +203,9 @@ def run(cfg: Config, seconds: float = 8.0, skip: tuple[str, ...] = (), out: Path
     if "dynamics" in skip and "generation" not in skip:  # generation runs the benchmarked dynamics model
         print("wm bench: generation needs the dynamics section; skipping it too", file=sys.stderr)
         skip += ("generation",)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from wm.training.distributed import compute_device
+
+    device = compute_device()
     start = time.perf_counter()
     results: dict[str, Any] = {"preset": cfg.preset_name, "device": str(device), "threads": torch.get_num_threads(),
                                "skipped": sorted(skip)}

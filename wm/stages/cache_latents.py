@@ -22,6 +22,7 @@ from wm.config import Config
 from wm.data.shards import MANIFEST, SPLITS, npy_bytes, iter_shard, read_manifest, shard_paths, write_split
 from wm.models.tokenizer import Tokenizer
 from wm.provenance import code_version
+from wm.training.distributed import compute_device
 from wm.training.trainer import CHECKPOINT
 from wm.world_model import load_tokenizer
 
@@ -49,7 +50,7 @@ def _latent_sample(sample: dict[str, Any], latents: np.ndarray) -> dict[str, Any
 
 def run(cfg: Config) -> dict[str, Any]:
     c = cfg.latents
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = compute_device()
     model, saved = load_tokenizer(cfg.tokenizer.out_dir, device)
     frames_manifest = read_manifest(c.in_dir)
     start = time.perf_counter()

@@ -109,11 +109,12 @@ def imagined_rates(cfg: Config) -> dict[str, float]:
     from wm.data.shards import make_clip_loader
     from wm.envs.imagined import ImaginedEnv, imagined_reward_rate
     from wm.envs.policies import AimPolicy, FireSchedule
+    from wm.training.distributed import compute_device
     from wm.world_model import WorldModel
 
     e, r = cfg.eval, cfg.rl
     # the transformer, reward and continuation heads PMPO learned in, and the behaviour-cloned head
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = compute_device()
     world, _ = WorldModel.load(cfg.rl.out_dir, steps=cfg.dynamics.sample_steps, device=device)
     bc, _ = WorldModel.load(cfg.agent.out_dir, device=device)
     # the same model with the tokenizer's decoder: the aiming reference reads decoded frames

@@ -32,6 +32,7 @@ from wm.envs.imagined import ImaginedEnv
 from wm.objectives.twohot import make_bins
 from wm.training.logging import RunLogger
 from wm.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from wm.training.distributed import compute_device
 from wm.training.pmpo_learner import PMPOLearner
 from wm.training.trainer import CHECKPOINT, NonFiniteLossError
 from wm.world_model import WorldModel
@@ -44,7 +45,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     r = cfg.rl
     start = time.perf_counter()
     torch.manual_seed(r.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = compute_device()
     world, saved = WorldModel.load(cfg.agent.out_dir, steps=cfg.dynamics.sample_steps, device=device)
     agent = world.agent
     agent.requires_grad_(False)

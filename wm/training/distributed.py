@@ -17,6 +17,24 @@ from torch import nn
 from wm.errors import ConfigValueError
 
 MODES = ("none", "ddp", "fsdp")
+DEVICE_ENV = "WM_DEVICE"
+
+
+def compute_device(local_rank: int = 0) -> torch.device:
+    """The one place a process picks where it computes: ``$WM_DEVICE`` when set (``cpu`` keeps a
+    GPU machine's run on the CPU, ``cuda:1`` picks a card), else this rank's GPU when CUDA is
+    available, else the CPU. Every stage asks here (training, latents, imagination RL, evaluation,
+    the bench) and places its models, data and random generators on the answer."""
+    name = os.environ.get(DEVICE_ENV, "").strip()
+    if name:
+        try:
+            device = torch.device(name)
+        except RuntimeError as e:
+            raise ConfigValueError(f"${DEVICE_ENV}={name!r} is not a torch device (e.g. cpu, cuda, cuda:1): {e}") from e
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigValueError(f"${DEVICE_ENV}={name!r} but CUDA is not available here; unset it or use cpu")
+        return device
+    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -39,16 +57,16 @@ class DistInfo:
 def init_distributed(mode: str) -> DistInfo:
     if mode not in MODES:
         raise ConfigValueError(f"train.distributed must be one of {MODES}, got '{mode}'")
-    cuda = torch.cuda.is_available()
     if mode == "none" or "WORLD_SIZE" not in os.environ:
-        return DistInfo(device=torch.device("cuda" if cuda else "cpu"))
+        return DistInfo(device=compute_device())
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", 0))
+    device = compute_device(local)
+    cuda = device.type == "cuda"
     if cuda:
-        torch.cuda.set_device(local)
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
-    device = torch.device("cuda", local) if cuda else torch.device("cpu")
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device, mode=mode)
 
 
