@@ -105,7 +105,7 @@ def test_stages_place_models_and_generators_on_compute_device(rl_setup, monkeypa
     base, cfg = rl_setup
     target = torch.device("cpu", 0)
     seen = []
-    for mod in (cache_latents, imagine_rl, distributed):
+    for mod in (cache_latents, distributed):  # imagine_rl asks through init_distributed
         monkeypatch.setattr(mod, "compute_device", lambda local_rank=0: target)
     real_world, real_tok = world_model.WorldModel.load.__func__, cache_latents.load_tokenizer
 
@@ -148,3 +148,31 @@ def test_compute_device_reads_wm_device(monkeypatch):
         monkeypatch.setenv("WM_DEVICE", "cuda")
         with pytest.raises(ConfigValueError, match="not available"):
             compute_device()
+
+
+def _rl_rank(rank: int, world: int, port: int, base: str, cfg) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    from pathlib import Path
+
+    _run(Path(base), cfg, "ddp")
+
+
+@pytest.mark.slow
+def test_imagine_rl_runs_under_two_ranks(rl_setup):
+    """`torchrun --nproc_per_node 2 -m wm.cli imagine-rl`: two gloo ranks imagine their own
+    trajectories, step together (the learner's equality with one process: test_pmpo_learner.py),
+    and rank 0 alone writes the checkpoint and the metrics."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    base, cfg = rl_setup
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rl_rank, args=(2, port, str(base), cfg), nprocs=2, join=True)
+    ckpt = load_checkpoint(base / "ddp" / CHECKPOINT)
+    metrics = json.loads((base / "ddp" / "data/metrics/imagine_rl.json").read_text())
+    assert ckpt["step"] == cfg.rl.iterations == metrics["iterations"]
+    assert 0.0 <= metrics["rl/pos_adv_frac_mean"] <= 1.0

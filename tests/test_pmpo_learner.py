@@ -91,3 +91,66 @@ def test_value_warmup_and_guard_rails_skip_policy_steps():
     logs = learner.update(feat, act, torch.full((4, 5), 100.0), torch.ones(4, 5))
     assert logs["rl/pos_adv_frac"] == pytest.approx(1.0) and logs["rl/policy_step"] == 0.0
     torch.testing.assert_close(policy.weight, moved)  # a skipped step does not move it (no stale momentum)
+
+
+def _dp_learner(world_size: int):
+    torch.manual_seed(0)
+    policy = nn.Linear(3, 2)
+    value = nn.Sequential(nn.Linear(3, 32), nn.SiLU(), nn.Linear(32, 255))
+    cfg = RLConfig(iterations=8, num_envs=N, horizon=H, context=1, lr=1e-2, gamma=0.9, lam=0.95, alpha=0.5, beta=0.1,
+                   value_warmup=2, center="median", guard_low=0.2, guard_high=0.8, grad_clip=0.5, log_every=1,
+                   ckpt_every=0, seed=0, wandb="disabled", out_dir="")
+    learner = PMPOLearner(policy, value, copy.deepcopy(policy).requires_grad_(False),
+                          [*policy.parameters(), *value.parameters()], cfg, make_bins(255), world_size=world_size)
+    return learner, policy, value
+
+
+def _dp_batches(iters: int = 8):
+    """Fixed imagined batches of N trajectories: features, actions, sparse rewards, continuation."""
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(N, H + 1, 3, generator=g), torch.randint(0, 2, (N, H), generator=g),
+             (torch.rand(N, H, generator=g) < 0.1).float() * 20, (torch.rand(N, H, generator=g) > 0.02).float())
+            for _ in range(iters)]
+
+
+def _dp_worker(rank: int, world: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        learner, policy, value = _dp_learner(world)
+        logs = [learner.update(*(x[rank::world] for x in batch)) for batch in _dp_batches()]
+        torch.save({"policy": policy.state_dict(), "value": value.state_dict(),
+                    "pos": [entry["rl/pos_adv_frac"] for entry in logs],
+                    "steps": [entry["rl/policy_step"] for entry in logs]}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_data_parallel_update_equals_one_process_on_the_combined_batch(tmp_path):
+    """Imagination RL's learner on 2 ranks (gloo), each with half of every imagined batch, ends
+    where one process ends on the whole batches: whole-batch median centring, positive share,
+    guard decisions and PMPO set sizes, averaged gradients, clipping after the average."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    learner, policy, value = _dp_learner(1)
+    logs = [learner.update(*batch) for batch in _dp_batches()]
+    assert 0 < sum(entry["rl/policy_step"] for entry in logs) < len(logs)  # warm-up skipped, then policy steps
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_dp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    for got in ranks:
+        assert got["pos"] == pytest.approx([entry["rl/pos_adv_frac"] for entry in logs])
+        assert got["steps"] == [entry["rl/policy_step"] for entry in logs]
+        for name, module in (("policy", policy), ("value", value)):
+            for k, v in module.state_dict().items():
+                torch.testing.assert_close(got[name][k], v, atol=1e-5, rtol=1e-4)
+    assert not torch.equal(ranks[0]["policy"]["weight"], _dp_learner(1)[1].weight)  # the policy moved

@@ -274,17 +274,48 @@ def _stage_parts(which: str):
                                                bins=cfg.agent.bins)), AgentLoss(cfg), latents)
 
 
+class _Seeded(nn.Module):
+    """A stage loss whose random draws (masks, noise levels, noise) are fixed per (rank, call),
+    so a DDP rank and the single-process reference draw the same for the same half-batch."""
+
+    def __init__(self, loss, rank: int):
+        super().__init__()
+        self.loss, self.rank, self.calls = loss, rank, 0
+
+    def forward(self, model, batch):
+        torch.manual_seed(10_000 + 100 * self.rank + self.calls)
+        self.calls += 1
+        return self.loss(model, batch)
+
+
+class _Combined(nn.Module):
+    """One process on the combined batch: the mean of the two halves' losses, each half with
+    its own loss state (running RMS), as each DDP rank holds its own."""
+
+    def __init__(self, halves):
+        super().__init__()
+        self.halves = nn.ModuleList(halves)
+
+    def forward(self, model, batch):
+        results = [h(model, batch[f"r{r}"]) for r, h in enumerate(self.halves)]
+        return sum(loss for loss, _ in results) / len(results), results[0][1]
+
+
+def _stage_batches(make, rank: int, n: int = 2) -> list[dict]:
+    g = torch.Generator().manual_seed(100 + rank)  # each rank its own data
+    return [make(g, 2) for _ in range(n)]
+
+
+STAGE_TRAIN = dataclasses.replace(TRAIN, steps=2, ckpt_every=2)
+
+
 def _stage_ddp_worker(rank: int, world: int, port: int, out: str, which: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     factory, loss, make = _stage_parts(which)
-    g = torch.Generator().manual_seed(100 + rank)  # each rank its own data
-
-    def data(info, skip):
-        return (make(g, 2) for _ in range(skip, 2))
-
-    cfg = dataclasses.replace(TRAIN, steps=2, distributed="ddp", ckpt_every=2)
-    trainer = Trainer(name=which, cfg=cfg, model_factory=factory, loss_fn=loss, data_factory=data,
+    batches = _stage_batches(make, rank)
+    trainer = Trainer(name=which, cfg=dataclasses.replace(STAGE_TRAIN, distributed="ddp"), model_factory=factory,
+                      loss_fn=_Seeded(loss, rank), data_factory=lambda info, skip: iter(batches[skip:]),
                       out_dir=Path(out), run_config={"t": 1}, live_dir=Path(out) / f"live{rank}")
     trainer.fit()
     torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, Path(out) / f"rank{rank}.pt")
@@ -292,17 +323,27 @@ def _stage_ddp_worker(rank: int, world: int, port: int, out: str, which: str) ->
 
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["tokenizer", "dynamics", "agent"])
-def test_ddp_trains_every_stage_model(tmp_path, which):
-    """Each training stage's model and loss under 2-rank DDP (gloo): the steps run (a parameter the
-    loss never reaches would stop DDP at its second step), and the ranks end with equal weights that
-    moved from the start."""
+def test_ddp_step_equals_single_process_for_every_stage_model(tmp_path, which):
+    """Each training stage's model and loss under 2-rank DDP (gloo) against one process on the
+    combined batch (the mean of the two halves' losses, the same random draws per half): after
+    2 steps (a parameter the loss never reaches would stop DDP at its second step) both ranks
+    hold the reference's weights, which moved from the start."""
     import torch.multiprocessing as mp
 
-    factory, _, _ = _stage_parts(which)
+    factory, _, make = _stage_parts(which)
     torch.manual_seed(TRAIN.seed)
     start = factory().state_dict()
-    mp.spawn(_stage_ddp_worker, args=(2, _free_port(), str(tmp_path), which), nprocs=2, join=True)
-    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    halves = [_stage_batches(make, r) for r in (0, 1)]
+    combined = [{"r0": a, "r1": b} for a, b in zip(*halves)]
+    ref = Trainer(name=which, cfg=STAGE_TRAIN, model_factory=factory,
+                  loss_fn=_Combined([_Seeded(_stage_parts(which)[1], r) for r in (0, 1)]),
+                  data_factory=lambda info, skip: iter(combined[skip:]), out_dir=tmp_path / "single",
+                  run_config={"t": 1}, live_dir=tmp_path / "single" / "live")
+    ref.fit()
+    want = ref.model.state_dict()
+    mp.spawn(_stage_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp"), which), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / "ddp" / f"rank{r}.pt") for r in (0, 1))
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
+        torch.testing.assert_close(a[k], want[k], atol=1e-5, rtol=1e-4)
     assert any(not torch.equal(a[k], start[k]) for k in a if a[k].is_floating_point())

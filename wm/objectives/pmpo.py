@@ -23,18 +23,22 @@ def reverse_kl(logits: torch.Tensor, prior_logits: torch.Tensor) -> torch.Tensor
 
 
 def pmpo_loss(logits: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor, prior_logits: torch.Tensor,
-              alpha: float = 0.5, beta: float = 0.3, mask: torch.Tensor | None = None
-              ) -> tuple[torch.Tensor, dict[str, float]]:
-    """logits (..., A), actions/advantages (...), prior_logits (..., A); mask (...) = valid steps."""
+              alpha: float = 0.5, beta: float = 0.3, mask: torch.Tensor | None = None,
+              counts: tuple[float, float, float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """logits (..., A), actions/advantages (...), prior_logits (..., A); mask (...) = valid steps.
+    ``counts`` = (|D+|, |D-|, valid) to divide the sums by instead of this batch's own counts:
+    under data parallelism the counts of the whole batch over all ranks (the learner scales the
+    loss by the number of ranks, so averaged gradients equal the whole batch's)."""
     logp_all = logits.float().log_softmax(-1)
     logp = logp_all.gather(-1, actions[..., None]).squeeze(-1)
     valid = torch.ones_like(logp, dtype=torch.bool) if mask is None else mask.bool()
     pos = (advantages.detach() > 0) & valid
     neg = (advantages.detach() <= 0) & valid
     zero = logp.sum() * 0
-    pos_term = -(logp * pos).sum() / pos.sum() if pos.any() else zero
-    neg_term = (logp * neg).sum() / neg.sum() if neg.any() else zero
-    kl = (reverse_kl(logits, prior_logits) * valid).sum() / valid.sum().clamp_min(1)
+    n_pos, n_neg, n_valid = counts if counts is not None else (pos.sum(), neg.sum(), valid.sum().clamp_min(1))
+    pos_term = -(logp * pos).sum() / n_pos if n_pos > 0 else zero
+    neg_term = (logp * neg).sum() / n_neg if n_neg > 0 else zero
+    kl = (reverse_kl(logits, prior_logits) * valid).sum() / n_valid
     loss = alpha * pos_term + (1 - alpha) * neg_term + beta * kl
     entropy = (-(logp_all.exp() * logp_all).sum(-1) * valid).sum() / valid.sum().clamp_min(1)
     logs = {"pmpo/pos_frac": pos.float().sum().item() / max(valid.sum().item(), 1), "pmpo/kl": kl.item(),

@@ -32,7 +32,7 @@ from wm.envs.imagined import ImaginedEnv
 from wm.objectives.twohot import make_bins
 from wm.training.logging import RunLogger
 from wm.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from wm.training.distributed import compute_device
+from wm.training.distributed import DistInfo, cleanup, init_distributed
 from wm.training.pmpo_learner import PMPOLearner
 from wm.training.trainer import CHECKPOINT, NonFiniteLossError
 from wm.world_model import WorldModel
@@ -42,10 +42,20 @@ LIVE_DIR = Path("data/metrics/imagine_rl")
 
 
 def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
-    r = cfg.rl
     start = time.perf_counter()
+    # under torchrun each rank imagines rl.num_envs trajectories of its own; the learner takes its
+    # statistics over all of them and averages the gradients (wm/training/pmpo_learner.py)
+    info = init_distributed("ddp" if "WORLD_SIZE" in os.environ else "none")
+    try:
+        return _run(cfg, info, start, resume)
+    finally:
+        cleanup(info)
+
+
+def _run(cfg: Config, info: DistInfo, start: float, resume: bool) -> dict[str, Any]:
+    r = cfg.rl
     torch.manual_seed(r.seed)
-    device = compute_device()
+    device = info.device
     world, saved = WorldModel.load(cfg.agent.out_dir, steps=cfg.dynamics.sample_steps, device=device)
     agent = world.agent
     agent.requires_grad_(False)
@@ -59,14 +69,14 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
         return prior_head(feat).unflatten(-1, (agent.mtp, agent.n_actions))[..., 0, :]
 
     learner = PMPOLearner(lambda feat: agent.policy_logits(feat)[..., 0, :], agent.value_logits, prior, params, r,
-                          make_bins(agent.bins).to(device))
+                          make_bins(agent.bins).to(device), world_size=info.world_size)
 
     loader = make_clip_loader(cfg.latents.out_dir, "train", r.context, r.num_envs, infinite=True, seed=r.seed,
-                              shuffle_buffer=cfg.data.shuffle_buffer)
+                              shuffle_buffer=cfg.data.shuffle_buffer, rank=info.rank, world_size=info.world_size)
     batches = iter(loader)
     env = ImaginedEnv(world, lambda seed: next(batches), r.num_envs, max_steps=r.horizon)
     history: list[dict[str, float]] = []
-    gen = torch.Generator(device=device).manual_seed(r.seed)
+    gen = torch.Generator(device=device).manual_seed(r.seed + 1000 * info.rank)
     out_dir = Path(r.out_dir)
     run_config = {**saved, "rl": to_dict(cfg)["rl"]}
     first_it = 0
@@ -84,26 +94,28 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
             next(batches)
 
     logger = RunLogger(LIVE_DIR, wandb_mode=r.wandb, project="imagine_rl", config=to_dict(cfg),
-                       total_steps=r.iterations, start_step=first_it, desc="imagine_rl")
+                       total_steps=r.iterations, start_step=first_it, enabled=info.is_main, desc="imagine_rl")
 
-    def save(done: int) -> None:
+    def save(done: int) -> None:  # rank 0 (every rank holds the same heads)
+        if not info.is_main:
+            return
         state = {"model": agent.state_dict(), "step": done, "config": run_config, "learner": learner.state_dict(),
                  "generator": gen.get_state(), "history": history}
         save_checkpoint(out_dir / CHECKPOINT, state, run_config)
 
     try:
         for it in range(first_it, r.iterations):
-            _, info = env.reset(seed=r.seed * 100_000 + it)
-            feats, actions, rewards, conts = [info["features"]], [], [], []
+            _, obs = env.reset(seed=r.seed * 100_000 + it + 10_000_000 * info.rank)
+            feats, actions, rewards, conts = [obs["features"]], [], [], []
             for _ in range(r.horizon):
                 with torch.no_grad():
                     logits = agent.policy_logits(feats[-1])[:, 0]
                     a = torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(-1)
-                _, rew, _, _, info = env.step(a)
+                _, rew, _, _, obs = env.step(a)
                 actions.append(a)
                 rewards.append(torch.as_tensor(rew, device=device))
-                conts.append(info["continue"])
-                feats.append(info["features"])
+                conts.append(obs["continue"])
+                feats.append(obs["features"])
             # (N, H + 1, D) features, no grad: the transformer is frozen
             logs = learner.update(torch.stack(feats, dim=1), torch.stack(actions, dim=1),
                                   torch.stack(rewards, dim=1).float(), torch.stack(conts, dim=1).float())
@@ -118,7 +130,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
             logger.progress(1, ret=f"{logs['rl/imagined_return']:.2f}")
     finally:
         logger.close(history[-1] if history else None)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not info.is_main:
         return {}
     save(r.iterations)
     first = history[: max(1, len(history) // 10)]
