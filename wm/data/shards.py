@@ -95,19 +95,15 @@ def episode_samples(ep: Episode, index: int, chunk_len: int, level: int) -> Iter
 
 
 def write_tar(path: Path, samples: Sequence[dict[str, Any]]) -> None:
-    """One WebDataset tar (files grouped by key, in order), with fixed mtimes so the same
-    samples give byte-identical shards (reproducible hashes)."""
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
+    """One WebDataset tar written by webdataset's ``TarWriter`` (each sample's files under its
+    key), with fixed mtimes, owner and mode so the same samples give byte-identical shards
+    (reproducible hashes, so DVC sees an unchanged shard as unchanged)."""
+    import webdataset as wds
+
+    with open(path, "wb") as f, wds.TarWriter(f, encoder=False, mtime=0, user="", group="", mode=0o644,
+                                              format=tarfile.USTAR_FORMAT) as sink:
         for sample in samples:
-            key = sample["__key__"]
-            for ext, data in sample.items():
-                if ext == "__key__":
-                    continue
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                info.mtime = 0
-                info.mode = 0o644
-                tf.addfile(info, io.BytesIO(data))
+            sink.write(sample)
 
 
 def sha256_file(path: Path) -> str:
