@@ -41,6 +41,11 @@ SCRIPTED = ("never_fire", "fire_every_2", "aim_fire_every_2")  # fire_every_1: d
 _STATE: dict[str, Any] = {}
 
 
+def _fire_ids(env_cfg: EnvConfig) -> list[int]:
+    """The actions of the map that press a fire (tap) button."""
+    return [i for i, a in enumerate(env_cfg.action_map) if set(a) & set(env_cfg.tap_buttons)]
+
+
 def _init(env_cfg: EnvConfig, policy: str, tokenizer_dir: str) -> None:
     import torch
 
@@ -49,7 +54,7 @@ def _init(env_cfg: EnvConfig, policy: str, tokenizer_dir: str) -> None:
     from wm.envs.retro import RetroEnv
 
     _STATE["env"] = RetroEnv(env_cfg)
-    _STATE["fire_ids"] = np.array([i for i, a in enumerate(env_cfg.action_map) if set(a) & set(env_cfg.tap_buttons)])
+    _STATE["fire_ids"] = np.array(_fire_ids(env_cfg))
     _STATE["policy"] = make_policy(policy, _STATE["env"].action_space.n, tokenizer_dir=tokenizer_dir,
                                    action_map=env_cfg.action_map, fire=tuple(env_cfg.tap_buttons))
 
@@ -177,7 +182,7 @@ def shot_probes(cfg: Config, train_clips: int = 1500, val_clips: int = 2000) -> 
     from wm.world_model import WorldModel
 
     world, _ = WorldModel.load(cfg.rl.out_dir, steps=cfg.dynamics.sample_steps, device=compute_device())
-    fire = torch.tensor([i for i, a in enumerate(cfg.env.action_map) if set(a) & set(cfg.env.tap_buttons)])
+    fire = torch.tensor(_fire_ids(cfg.env))
     ctx, roll = cfg.rl.context, max(SHOT_LAGS)
     length = ctx + roll
 
@@ -191,8 +196,11 @@ def shot_probes(cfg: Config, train_clips: int = 1500, val_clips: int = 2000) -> 
                 break
         return out
 
-    def pair(z: torch.Tensor, a: torch.Tensor, t: int, lag: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.cat([z[:, t - 1], z[:, t]], 1).flatten(1).cpu(), torch.isin(a[:, t - lag].cpu(), fire)
+    def pairs(z: torch.Tensor, t: int) -> torch.Tensor:  # (z_{t-1}, z_t) flattened, per clip
+        return torch.cat([z[:, t - 1], z[:, t]], 1).flatten(1).cpu()
+
+    def pressed(a: torch.Tensor, t: int) -> torch.Tensor:  # did the action at step t fire, per clip
+        return torch.isin(a[:, t].cpu(), fire)
 
     train, val = clips("train", train_clips), clips("val", val_clips)
     gen = torch.Generator(device=world.device).manual_seed(cfg.eval.seed)
@@ -210,18 +218,18 @@ def shot_probes(cfg: Config, train_clips: int = 1500, val_clips: int = 2000) -> 
                 world.observe(frames[-1], step, caches.dynamics, gen)
             imagined.append(torch.cat(frames, 1))
     t, out = length - 1, {}
+    train_at = [(z, a, u) for z, a in train for u in range(max(SHOT_LAGS) + 1, length)]
+    x_train = torch.cat([pairs(z, u) for z, _, u in train_at])
+    x_val = torch.cat([*(pairs(z, t) for z, _ in val), *(pairs(zi, t) for zi in imagined)])
     for lag in SHOT_LAGS:
-        rows = [pair(z, a, u, lag) for z, a in train for u in range(max(SHOT_LAGS) + 1, length)]
-        real = [pair(z, a, t, lag) for z, a in val]
-        imag = [pair(zi, a, t, lag)[0] for zi, (_, a) in zip(imagined, val)]
-        labels = torch.cat([y for _, y in real]).numpy()
-        scores = probe_scores(torch.cat([x for x, _ in rows]), torch.cat([y for _, y in rows]),
-                              torch.cat([*(x for x, _ in real), *imag]), steps=cfg.agent.probe_steps)
+        labels = torch.cat([pressed(a, t - lag) for _, a in val]).numpy()
+        scores = probe_scores(x_train, torch.cat([pressed(a, u - lag) for _, a, u in train_at]), x_val,
+                              steps=cfg.agent.probe_steps)
         n = len(labels)
         for name, part in (("real", scores[:n]), ("imagined", scores[n:])):
             auc = roc_auc(part, labels)
             out[f"shot_probe_auc/{name}/lag{lag}"] = auc if math.isfinite(auc) else None
-    out["shot_probe_rows"] = int(len(imagined) and sum(len(a) for _, a in val))
+    out["shot_probe_rows"] = n
     return out
 
 

@@ -29,9 +29,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
-from torch import nn
-
 import torch.distributed as dist
+from torch import nn
 
 from wm.config import RLConfig
 from wm.errors import ConfigValueError

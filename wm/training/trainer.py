@@ -58,15 +58,21 @@ def compile_blocks(model: nn.Module, block_types: tuple[type, ...]) -> int:
     return len(blocks)
 
 
+def _drop_compiled(model: nn.Module) -> list[tuple[nn.Module, Any]]:
+    """Remove the compiled calls :func:`compile_blocks` set; (module, call) pairs to restore them."""
+    saved = [(m, m._compiled_call_impl) for m in model.modules() if getattr(m, "_compiled_call_impl", None)]
+    for m, _ in saved:
+        m._compiled_call_impl = None
+    return saved
+
+
 @contextlib.contextmanager
 def eager_blocks(model: nn.Module):
     """Run a module compiled by :func:`compile_blocks` eagerly inside the block: evaluation and
     generation feed a new shape at every step (a growing context, a KV cache, K-step loops), and
     compiling each of those costs far more than it saves (on 2 CPU cores a compiled bench's
     generation section spent its time recompiling: over 600 recompile log lines, 79 s)."""
-    saved = [(m, m._compiled_call_impl) for m in model.modules() if getattr(m, "_compiled_call_impl", None)]
-    for m, _ in saved:
-        m._compiled_call_impl = None
+    saved = _drop_compiled(model)
     try:
         yield model
     finally:
@@ -149,9 +155,7 @@ class Trainer:
             return None
         if self.model is None:
             raise RuntimeError("fit() has not run")
-        for m in self.model.modules():
-            if getattr(m, "_compiled_call_impl", None) is not None:
-                m._compiled_call_impl = None
+        _drop_compiled(self.model)
         return self.model.eval()
 
     def _warm_start(self, model: nn.Module, src: Path) -> None:
