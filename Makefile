@@ -12,7 +12,7 @@ export WANDB_MODE ?= offline
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: setup repro test test-fast bench lint clean
+.PHONY: setup browser repro test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -29,7 +29,16 @@ $(STAMP): pyproject.toml constraints.txt
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-test: setup
+# The browser test (wm play) drives Debian's chromium + chromedriver; installed here when
+# missing and we are root (CI), otherwise the test says how and skips.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium + chromium-driver (apt-get) for the browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "no chromium/chromedriver and not root: the browser test will skip (apt-get install chromium chromium-driver)"; fi
+
+test: setup browser
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 test-fast: setup

@@ -5,7 +5,8 @@ Layers, lowest first (a module may import its own layer's package and anything b
     0  wm, wm.errors, wm.config, wm.atomic, wm.provenance, wm.timing, wm.metrics, wm.stats, wm.probes
     1  wm.data            2  wm.models          3  wm.objectives     4  wm.training
     5  wm.world_model     6  wm.envs            7  wm.stages (no stage imports another)
-    8  wm.bench, wm.retrain                     9  wm.inspect        10 wm.cli, flows
+    8  wm.bench, wm.retrain                     9  wm.inspect        10 wm.play (the browser play page)
+    11 wm.cli, flows
 Function-level imports count: a lazy import is still a dependency.
 """
 
@@ -19,7 +20,8 @@ LAYERS = {
     "wm": 0, "wm.config": 0, "wm.atomic": 0, "wm.provenance": 0, "wm.timing": 0, "wm.metrics": 0,
     "wm.stats": 0, "wm.probes": 0, "wm.errors": 0,
     "wm.data": 1, "wm.models": 2, "wm.objectives": 3, "wm.training": 4, "wm.world_model": 5, "wm.envs": 6,
-    "wm.stages": 7, "wm.bench": 8, "wm.retrain": 8, "wm.inspect": 9, "wm.cli": 10, "flows": 10,
+    "wm.stages": 7, "wm.bench": 8, "wm.retrain": 8, "wm.inspect": 9, "wm.play": 10, "wm.cli": 11,
+    "flows": 11,
 }
 
 

@@ -62,6 +62,13 @@ def _import_videos(args: argparse.Namespace) -> dict[str, Any]:
     return import_videos(args.dir, args.out, cfg, fps=args.fps)
 
 
+def _play(args: argparse.Namespace) -> dict[str, Any]:
+    from wm.play import run
+
+    return run(_load_cfg(args), host=args.host, port=args.port, fps=args.fps, agent_dir=args.agent, rev=args.rev,
+               game=not args.no_game, steps=args.steps, measure_s=args.measure, out=args.out)
+
+
 # command -> (module in wm.stages, whether it trains and so can --resume)
 STAGES = {
     "collect": ("collect", False),
@@ -119,6 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="data/shards/videos", help="output shard directory")
     p.add_argument("--fps", type=float, default=None, help="resample to this frame rate (default: 60/env.frameskip)")
     p.set_defaults(func=_import_videos)
+
+    p = sub.add_parser("play", help="play inside the world model in a browser (keyboard, side by side with the game)")
+    add_common(p)
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 exposes it to the network)")
+    p.add_argument("--fps", type=float, default=15.0,
+                   help="frame cap; 15 = the game's own step rate (60 Hz / frameskip 4); 0 = as fast as it goes")
+    p.add_argument("--agent", default=None, help="agent checkpoint dir (default: the PMPO policy's, else the agent's)")
+    p.add_argument("--rev", default=None, help="play the checkpoints of this git revision (fetched with dvc get)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps K per frame (default: the trained one)")
+    p.add_argument("--no-game", action="store_true", help="world model only (no stable-retro game beside it)")
+    p.add_argument("--measure", type=float, default=0.0, metavar="SECONDS",
+                   help="play this long in headless chromium and write the page's frames/s and latency to --out")
+    p.add_argument("--out", default="data/metrics/play.json")
+    p.set_defaults(func=_play)
     return parser
 
 

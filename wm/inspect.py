@@ -201,11 +201,16 @@ def cmd_diff(args: Any) -> dict[str, Any]:
     return {"changed": len(diff)}
 
 
-def cmd_fetch(args: Any) -> dict[str, Any]:
-    cmd = ["dvc", "get", args.repo, args.path, "--rev", args.rev, "-o", args.out, "--force"]
+def fetch_at(repo: str, path: str, rev: str, out: str | Path) -> None:
+    """``path`` (a DVC-tracked artifact) as it was at git revision ``rev``, into ``out``."""
+    cmd = ["dvc", "get", repo, path, "--rev", rev, "-o", str(out), "--force"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise ConfigValueError(f"could not fetch {args.path} at {args.rev}: {proc.stderr.strip()[-500:]}")
+        raise ConfigValueError(f"could not fetch {path} at {rev}: {proc.stderr.strip()[-500:]}")
+
+
+def cmd_fetch(args: Any) -> dict[str, Any]:
+    fetch_at(args.repo, args.path, args.rev, args.out)
     console.print(f"fetched {args.path} @ {args.rev} -> {args.out}")
     return {"out": args.out}
 
