@@ -66,7 +66,8 @@ def _play(args: argparse.Namespace) -> dict[str, Any]:
     from wm.play import run
 
     return run(_load_cfg(args), host=args.host, port=args.port, fps=args.fps, agent_dir=args.agent, rev=args.rev,
-               game=not args.no_game, steps=args.steps, measure_s=args.measure, out=args.out)
+               game=not args.no_game, steps=args.steps, measure_s=args.measure, out=args.out,
+               screenshot=args.screenshot, threads=args.threads)
 
 
 # command -> (module in wm.stages, whether it trains and so can --resume)
@@ -140,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--measure", type=float, default=0.0, metavar="SECONDS",
                    help="play this long in headless chromium and write the page's frames/s and latency to --out")
     p.add_argument("--out", default="data/metrics/play.json")
+    p.add_argument("--screenshot", default=None, metavar="PNG", help="with --measure: save the page as it ends")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads for the model (default 1: on a laptop the browser needs the other cores)")
     p.set_defaults(func=_play)
     return parser
 

@@ -74,22 +74,23 @@ def session_factory(cfg: Config, agent_dir: Path, tokenizer_dir: Path, *, game: 
 
 def run(cfg: Config, *, host: str = "127.0.0.1", port: int = 8765, fps: float = 15.0, agent_dir: str | None = None,
         rev: str | None = None, game: bool = True, steps: int | None = None, measure_s: float = 0.0,
-        out: str = PLAY_METRICS) -> dict[str, Any]:
+        out: str = PLAY_METRICS, screenshot: str | None = None, threads: int = 1) -> dict[str, Any]:
     from wm.play.server import serve
 
     agent, tok = checkpoint_dirs(cfg, agent_dir, rev)
-    make = session_factory(cfg, agent, tok, game=game, steps=steps)
+    make = session_factory(cfg, agent, tok, game=game, steps=steps, threads=threads)
     if measure_s <= 0:
         def ready(bound: int) -> None:
             print(f"wm play: open http://{host}:{bound}/  (world model {agent}, Ctrl-C to stop)", flush=True)
 
         serve(make, host, port, fps, ready)
         return {}
-    return measure_play(make, cfg, agent, host=host, port=port, fps=fps, seconds=measure_s, out=out)
+    return measure_play(make, agent, host=host, port=port, fps=fps, seconds=measure_s, out=out,
+                        screenshot=screenshot)
 
 
-def measure_play(make, cfg: Config, agent: Path, *, host: str, port: int, fps: float, seconds: float,
-                 out: str) -> dict[str, Any]:
+def measure_play(make, agent: Path, *, host: str, port: int, fps: float, seconds: float, out: str,
+                 screenshot: str | None = None) -> dict[str, Any]:
     """Serve in a thread, play ``seconds`` in headless chromium, write the page's figures."""
     from wm.atomic import write_json_atomic
     from wm.play.browser import measure
@@ -105,7 +106,7 @@ def measure_play(make, cfg: Config, agent: Path, *, host: str, port: int, fps: f
     threading.Thread(target=serve, args=(make, host, port, fps, ready), daemon=True).start()
     if not listening.wait(120):
         raise UserError("the play server did not start within 120 s")
-    figures = measure(f"http://{host}:{bound[0]}/", seconds)
+    figures = measure(f"http://{host}:{bound[0]}/", seconds, screenshot)
     figures.update({"fps_cap": fps, "sampler_steps": make.world.steps,
                     "checkpoint": str(agent), "cpu_threads": _threads(), "cores": os.cpu_count()})
     write_json_atomic(out, figures)

@@ -65,7 +65,7 @@ def press(driver, key: str, hold_s: float = 0.0) -> None:
     chain.key_up(key).perform()
 
 
-def measure(url: str, seconds: float = 20.0) -> dict[str, Any]:
+def measure(url: str, seconds: float = 20.0, screenshot: str | None = None) -> dict[str, Any]:
     """Open the page, play ``seconds`` of scripted key presses (arrows held, fire tapped),
     and read back what the page measured: frames shown per second and key-to-frame latency."""
     from selenium.webdriver.common.keys import Keys
@@ -86,6 +86,8 @@ def measure(url: str, seconds: float = 20.0) -> dict[str, Any]:
         end = driver.execute_script("return [window.wmStats.frames, performance.now(), window.wmStats.latencies];")
         header = driver.execute_script("return window.wmStats.header;")
         errors = driver.execute_script("return window.wmStats.errors;")
+        if screenshot:
+            driver.save_screenshot(screenshot)
     finally:
         driver.quit()
     frames = end[0] - start[0]
@@ -94,5 +96,5 @@ def measure(url: str, seconds: float = 20.0) -> dict[str, Any]:
     return {"fps": frames / elapsed, "frames": frames, "seconds": round(elapsed, 2),
             "latency_ms": statistics.median(lat) if lat else None,
             "latency_ms_p90": sorted(lat)[int(0.9 * (len(lat) - 1))] if lat else None,
-            "latency_samples": len(lat), "sampler_steps": None, "errors": errors,
+            "latency_samples": len(lat), "errors": errors,
             "last_frame": {k: header.get(k) for k in ("t", "psnr", "reward", "cont")} if header else None}

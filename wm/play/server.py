@@ -189,7 +189,10 @@ class PlayServer:
                     else:
                         frame = await asyncio.to_thread(session.restart_moment, seed, seed)
                 except ValueError as err:  # e.g. no held-out latents: say so, keep the current game
-                    await ws.send_json({"type": "error", "message": str(err)})
+                    try:
+                        await ws.send_json({"type": "error", "message": str(err)})
+                    except ConnectionResetError:
+                        return
                     continue
             elif c.steps:
                 buttons, seq = c.steps.pop(0)
@@ -213,7 +216,10 @@ class PlayServer:
                       "agent": c.agent, "run": c.run, "real": frame.real is not None, "restarted": frame.restarted,
                       "real_return": frame.real_return,
                       "shape": list(frame.imagined.shape)}
-            await ws.send_bytes(encode_frame(frame, header))
+            try:
+                await ws.send_bytes(encode_frame(frame, header))
+            except ConnectionResetError:  # the client went away mid-frame: the handler cleans up
+                return
             if frame.restarted == "game over":
                 game_seed += 1
                 c.restart = ("game", game_seed)
