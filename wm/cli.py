@@ -62,6 +62,12 @@ def _import_videos(args: argparse.Namespace) -> dict[str, Any]:
     return import_videos(args.dir, args.out, cfg, fps=args.fps)
 
 
+def _action_free(args: argparse.Namespace) -> dict[str, Any]:
+    from wm.stages.train_dynamics import run_action_free
+
+    return run_action_free(_load_cfg(args))
+
+
 def _play(args: argparse.Namespace) -> dict[str, Any]:
     from wm.play import run
 
@@ -127,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="data/shards/videos", help="output shard directory")
     p.add_argument("--fps", type=float, default=None, help="resample to this frame rate (default: 60/env.frameskip)")
     p.set_defaults(func=_import_videos)
+
+    p = sub.add_parser("action-free", help="the action-free experiment: dynamics with all / few labels + video / "
+                       "few labels alone -> data/metrics/action_free.json")
+    add_common(p)
+    p.set_defaults(func=_action_free)
 
     p = sub.add_parser("play", help="play inside the world model in a browser (keyboard, side by side with the game)")
     add_common(p)

@@ -161,6 +161,8 @@ class DynamicsConfig:
     forcing_frac: float = 0.0  # share of clips drawn as next-frame prediction (context | pure noise) (paper: 0)
     pack: int = 1              # tokenizer latents per spatial token (the paper's S_z = n_latents / pack)
     prev_input: bool = False   # each latent token also sees the previous frame's latent at its slot (paper: no)
+    labeled_frac: float = 1.0  # share of training episodes that keep their actions (the action-free experiment)
+    unlabeled: str = "video"   # the other episodes: 'video' (trained action-free) or 'drop' (left out)
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,18 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ActionFreeConfig:
+    """The action-free experiment (`wm action-free`): the dynamics trained with every action,
+    with ``labeled_frac`` of the episodes labelled and the rest as action-free video, and with
+    the labelled share alone; the action effect of each on the same held-out clips."""
+
+    labeled_frac: float = 0.1  # share of training episodes that keep their actions
+    steps: int = 1500          # dynamics training steps per arm (from scratch)
+    eval_clips: int = 64       # held-out clips every arm is measured on
+    out_dir: str = "data/action_free"
+
+
+@dataclass(frozen=True)
 class Config:
     preset_name: str
     env: EnvConfig
@@ -224,6 +238,7 @@ class Config:
     agent: AgentConfig
     rl: RLConfig
     eval: EvalConfig
+    action_free: ActionFreeConfig = ActionFreeConfig()
 
 
 T = TypeVar("T")

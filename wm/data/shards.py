@@ -292,6 +292,35 @@ def _clip_offsets(length: int, clip_len: int, rng: np.random.Generator | None) -
     return [base + k * clip_len for k in range(n)]
 
 
+@dataclass(frozen=True)
+class EpisodeLabels:
+    """Which episodes keep their actions: the others are treated as action-free video
+    (``drop=False``: ``action_free`` is set, so the dynamics sees its "no action" embedding and
+    no action or reward target reaches a loss) or left out (``drop=True``)."""
+
+    labeled: frozenset[int]
+    drop: bool = False
+
+    def keep(self, episode: int) -> bool:
+        return not self.drop or episode in self.labeled
+
+    def action_free(self, episode: int) -> bool:
+        return episode not in self.labeled
+
+
+def episode_labels(shard_dir: str | Path, split: str, frac: float, seed: int, drop: bool) -> EpisodeLabels | None:
+    """A seeded ``frac`` of the split's episodes (at least one) keeps its actions; None when
+    ``frac >= 1`` (every episode labelled, nothing changes)."""
+    if frac >= 1:
+        return None
+    if not 0 < frac < 1:
+        raise ConfigValueError(f"labeled_frac must be in (0, 1], got {frac}")
+    episodes = sorted(int(e["episode"]) for e in read_manifest(shard_dir)["splits"][split]["episodes"])
+    order = np.random.default_rng([seed, 17]).permutation(len(episodes))
+    n = max(1, round(frac * len(episodes)))
+    return EpisodeLabels(frozenset(episodes[i] for i in order[:n]), drop)
+
+
 class ClipDataset(IterableDataset):
     """Fixed-length clips from shards, split across DDP ranks and DataLoader workers.
 
@@ -314,6 +343,7 @@ class ClipDataset(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         shuffle_buffer: int = 64,
+        labels: EpisodeLabels | None = None,
     ):
         super().__init__()
         if not shards:
@@ -328,6 +358,7 @@ class ClipDataset(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.shuffle_buffer = shuffle_buffer
+        self.labels = labels
 
     def _owns(self, position: int, worker: int, workers: int) -> bool:
         """Sample ``position`` goes to rank ``position % world_size``, then to a DataLoader
@@ -346,6 +377,11 @@ class ClipDataset(IterableDataset):
             path, count = self.shards[index]
             first = position
             for sample in iter_shard(path, keep=lambda i, first=first: self._owns(first + i, worker, workers)):
+                episode = int(sample["meta"].get("episode", -1))
+                if self.labels is not None and not self.labels.keep(episode):
+                    continue
+                action_free = bool(sample["meta"].get("action_free", False)) or (
+                    self.labels is not None and self.labels.action_free(episode))
                 length = len(sample["actions"])
                 for off in _clip_offsets(length, self.clip_len, offsets_rng):
                     sl = slice(off, off + self.clip_len)
@@ -360,7 +396,7 @@ class ClipDataset(IterableDataset):
                         "rewards": torch.from_numpy(sample["rewards"][sl].astype(np.float32)),
                         "terminals": torch.from_numpy(sample["terminals"][sl].astype(bool)),
                         "continues": torch.from_numpy(sample["continues"][sl].astype(np.float32)),
-                        "action_free": bool(sample["meta"].get("action_free", False)),
+                        "action_free": action_free,
                     }
             position += count
 
@@ -416,6 +452,7 @@ def make_clip_loader(
     world_size: int = 1,
     shuffle_buffer: int = 64,
     verify: bool = True,
+    labels: EpisodeLabels | None = None,
 ) -> ClipLoader:
     """A loader over one split. Finite loaders yield ``clips // (world_size * batch_size)``
     batches on every rank (computed from the manifest); infinite ones never stop."""
@@ -434,20 +471,21 @@ def make_clip_loader(
     # Ranks/workers hold disjoint samples, so a finite loader's ranks can differ by a few
     # clips; cycling epochs and cutting at ``batches`` keeps every rank's count identical.
     ds = ClipDataset([(p, e["chunks"]) for p, e in zip(paths, entries)], clip_len, shuffle=shuffle, seed=seed,
-                     epochs=None, rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer)
+                     epochs=None, rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer, labels=labels)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, drop_last=True,
                         pin_memory=torch.cuda.is_available(), persistent_workers=False)
     return ClipLoader(loader, batches)
 
 
 def train_batches(shard_dir: str | Path, train: Any, info: Any, shuffle_buffer: int, skip: int = 0,
-                  clip_len: int | None = None, batch_size: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+                  clip_len: int | None = None, batch_size: int | None = None,
+                  labels: EpisodeLabels | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """The infinite, shuffled training batches of one rank for a stage's ``TrainConfig``
     (``clip_len``/``batch_size`` override it), starting ``skip`` batches in, so a resumed run
     sees exactly the batches the uninterrupted one would."""
     loader = make_clip_loader(shard_dir, "train", clip_len or train.clip_len, batch_size or train.batch_size,
                               num_workers=train.num_workers, seed=train.seed, infinite=True, rank=info.rank,
-                              world_size=info.world_size, shuffle_buffer=shuffle_buffer)
+                              world_size=info.world_size, shuffle_buffer=shuffle_buffer, labels=labels)
     it = iter(loader)
     for _ in range(skip):
         next(it)

@@ -24,7 +24,8 @@ from PIL import Image
 
 from wm.atomic import write_bytes_atomic, write_json_atomic
 from wm.config import Config, to_dict
-from wm.data.shards import make_clip_loader, train_batches
+from wm.errors import ConfigValueError
+from wm.data.shards import episode_labels, make_clip_loader, train_batches
 from wm.metrics import psnr
 from wm.models.dynamics import Dynamics, shift_actions
 from wm.models.tokenizer import Tokenizer
@@ -56,9 +57,13 @@ def batch_kind(seed: int, step: int, cfg: Config) -> str:
 def batch_schedule(cfg: Config, info: Any, skip: int):
     """Infinite iterator of latent batches following the alternating-length schedule."""
     dyn, tr = cfg.dynamics, cfg.dynamics.train
-    short = train_batches(cfg.latents.out_dir, tr, info, cfg.data.shuffle_buffer, clip_len=dyn.short_len)
+    if dyn.unlabeled not in ("video", "drop"):
+        raise ConfigValueError(f"dynamics.unlabeled must be 'video' or 'drop', got '{dyn.unlabeled}'")
+    labels = episode_labels(cfg.latents.out_dir, "train", dyn.labeled_frac, tr.seed, dyn.unlabeled == "drop")
+    short = train_batches(cfg.latents.out_dir, tr, info, cfg.data.shuffle_buffer, clip_len=dyn.short_len,
+                          labels=labels)
     long = train_batches(cfg.latents.out_dir, tr, info, cfg.data.shuffle_buffer, clip_len=dyn.long_len,
-                         batch_size=dyn.long_batch_size)
+                         batch_size=dyn.long_batch_size, labels=labels)
     pick = np.random.default_rng([tr.seed, 99])
     for step in itertools.count():
         kind = batch_kind(tr.seed, step, cfg)
@@ -232,3 +237,67 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     }
     write_json_atomic(METRICS_PATH, metrics)
     return metrics
+
+
+# name -> (labeled share: None = action_free.labeled_frac, what the other episodes become)
+ACTION_FREE_ARMS = (("full", 1.0, "video"), ("labeled_plus_video", None, "video"), ("labeled_only", None, "drop"))
+ACTION_FREE_METRICS = Path("data/metrics/action_free.json")
+
+
+def run_action_free(cfg: Config) -> dict[str, Any]:
+    """Dreamer 4's claim on this game: action conditioning from a few labelled episodes, the
+    rest of the knowledge from action-free video. Three dynamics models from scratch on the
+    same latents and steps -- (a) every action, (b) ``labeled_frac`` of the episodes labelled
+    and the others as action-free video, (c) the labelled episodes alone -- each measured on
+    the same held-out clips: the action effect ``gap = psnr_h4/kK - psnr_h4/kK_shuffled_actions``
+    and the open-loop PSNR over the whole horizon. Each arm trains in its own directory under
+    ``action_free.out_dir``; an arm that finished is kept and not retrained if the run is
+    interrupted and started again (an unfinished one resumes from its last checkpoint)."""
+    import dataclasses
+    import json
+    import os
+
+    from wm.data.shards import read_manifest
+    from wm.training.trainer import CHECKPOINT
+
+    af, dyn = cfg.action_free, cfg.dynamics
+    root = Path(af.out_dir).resolve()
+    base = dataclasses.replace(
+        cfg, latents=dataclasses.replace(cfg.latents, out_dir=str(Path(cfg.latents.out_dir).resolve())),
+        shard=dataclasses.replace(cfg.shard, out_dir=str(Path(cfg.shard.out_dir).resolve())),
+        tokenizer=dataclasses.replace(cfg.tokenizer, out_dir=str(Path(cfg.tokenizer.out_dir).resolve())))
+    labels = episode_labels(base.latents.out_dir, "train", af.labeled_frac, dyn.train.seed, False)
+    episodes = read_manifest(base.latents.out_dir)["splits"]["train"]["episodes"]
+    labeled_frames = sum(e["length"] for e in episodes if labels is None or int(e["episode"]) in labels.labeled)
+    k, h = dyn.sample_steps, dyn.horizon
+    out: dict[str, Any] = {"labeled_frac": af.labeled_frac, "steps": af.steps, "eval_clips": af.eval_clips,
+                           "labeled_episodes": len(labels.labeled) if labels else len(episodes),
+                           "train_episodes": len(episodes),
+                           "labeled_frame_frac": labeled_frames / max(1, sum(e["length"] for e in episodes))}
+    start, cwd = time.perf_counter(), os.getcwd()
+    for name, frac, rest in ACTION_FREE_ARMS:
+        arm_dir = root / name
+        done = arm_dir / METRICS_PATH
+        if done.exists():
+            metrics = json.loads(done.read_text())
+        else:
+            train = dataclasses.replace(dyn.train, steps=af.steps, eval_every=af.steps,
+                                        ckpt_every=min(dyn.train.ckpt_every, af.steps))
+            arm = dataclasses.replace(base, dynamics=dataclasses.replace(
+                dyn, labeled_frac=af.labeled_frac if frac is None else frac, unlabeled=rest,
+                eval_clips=af.eval_clips, out_dir="checkpoint", train=train))
+            arm_dir.mkdir(parents=True, exist_ok=True)
+            os.chdir(arm_dir)  # the stage's outputs (metrics, plots, gif) land in the arm's directory
+            try:
+                metrics = run(arm, resume=(arm_dir / "checkpoint" / CHECKPOINT).exists())
+            finally:
+                os.chdir(cwd)
+        out[f"gap/{name}"] = metrics[f"psnr_h4/k{k}"] - metrics[f"psnr_h4/k{k}_shuffled_actions"]
+        out[f"psnr_h4/k{k}/{name}"] = metrics[f"psnr_h4/k{k}"]
+        out[f"psnr_h{h}/k{k}/{name}"] = metrics[f"psnr_h{h}/k{k}"]
+        out[f"psnr_h{h}/k{k}_shuffled_actions/{name}"] = metrics[f"psnr_h{h}/k{k}_shuffled_actions"]
+    out[f"psnr_h{h}/repeat_last"] = metrics[f"psnr_h{h}/repeat_last"]
+    out["gap_ratio/labeled_plus_video"] = out["gap/labeled_plus_video"] / out["gap/full"] if out["gap/full"] else None
+    out["wall_s"] = round(time.perf_counter() - start, 1)
+    write_json_atomic(ACTION_FREE_METRICS, out)
+    return out

@@ -1,0 +1,80 @@
+"""The action-free experiment: episodes without labels reach the dynamics as action-free video
+(no action embedding, no action or reward target) or not at all, and `wm action-free` trains and
+measures its three arms end to end on the debug preset."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import make_cfg
+from wm.config import to_dict
+from wm.data.shards import episode_labels, make_clip_loader, read_manifest
+from wm.models.tokenizer import Tokenizer
+from wm.stages import cache_latents
+from wm.training.checkpoint import save_checkpoint
+from wm.training.trainer import CHECKPOINT
+
+
+@pytest.fixture(scope="module")
+def latents_cfg(debug_data, debug_raw, tmp_path_factory):
+    base = tmp_path_factory.mktemp("action_free")
+    cfg = make_cfg(debug_raw, f"latents.in_dir={debug_data['cfg'].shard.out_dir}",
+                   f"shard.out_dir={debug_data['cfg'].shard.out_dir}", f"latents.out_dir={base / 'latents'}",
+                   f"tokenizer.out_dir={base / 'tok'}", f"action_free.out_dir={base / 'action_free'}",
+                   "action_free.labeled_frac=0.5")
+    torch.manual_seed(0)
+    tok = Tokenizer(cfg.tokenizer, cfg.env.height, cfg.env.width)
+    save_checkpoint(base / "tok" / CHECKPOINT, {"model": tok.state_dict(), "step": 0, "config": to_dict(cfg)},
+                    to_dict(cfg))
+    cwd = os.getcwd()
+    os.chdir(base)
+    try:
+        cache_latents.run(cfg)
+    finally:
+        os.chdir(cwd)
+    return base, cfg
+
+
+def _episodes_seen(cfg, labels, batches=30):
+    loader = make_clip_loader(cfg.latents.out_dir, "train", 4, 2, infinite=True, seed=0, labels=labels)
+    seen = {}
+    for _, b in zip(range(batches), loader):
+        for key, free in zip(b["key"], b["action_free"].tolist()):
+            seen[int(key[2:8])] = free
+    return seen
+
+
+def test_unlabelled_episodes_become_video_or_are_left_out(latents_cfg):
+    _, cfg = latents_cfg
+    episodes = sorted(e["episode"] for e in read_manifest(cfg.latents.out_dir)["splits"]["train"]["episodes"])
+    assert len(episodes) >= 2
+    video = episode_labels(cfg.latents.out_dir, "train", 0.5, 0, drop=False)
+    assert 0 < len(video.labeled) < len(episodes)
+    seen = _episodes_seen(cfg, video)
+    assert set(seen) == set(episodes)  # every episode still trains the dynamics ...
+    assert all(free == (ep not in video.labeled) for ep, free in seen.items())  # ... the unlabelled ones action-free
+    dropped = _episodes_seen(cfg, episode_labels(cfg.latents.out_dir, "train", 0.5, 0, drop=True))
+    assert set(dropped) == set(video.labeled) and not any(dropped.values())
+    assert episode_labels(cfg.latents.out_dir, "train", 1.0, 0, drop=True) is None  # all labelled: nothing changes
+
+
+def test_action_free_experiment_end_to_end(latents_cfg):
+    from wm.stages.train_dynamics import run_action_free
+
+    base, cfg = latents_cfg
+    cwd = os.getcwd()
+    os.chdir(base)
+    try:
+        out = run_action_free(cfg)
+        saved = json.loads((base / "data/metrics/action_free.json").read_text())
+    finally:
+        os.chdir(cwd)
+    h, k = cfg.dynamics.horizon, cfg.dynamics.sample_steps
+    for arm in ("full", "labeled_plus_video", "labeled_only"):
+        assert (base / "action_free" / arm / "checkpoint" / CHECKPOINT).exists()
+        assert saved[f"gap/{arm}"] == pytest.approx(saved[f"psnr_h4/k{k}/{arm}"] - json.loads(
+            (base / "action_free" / arm / "data/metrics/dynamics.json").read_text())[f"psnr_h4/k{k}_shuffled_actions"])
+        assert f"psnr_h{h}/k{k}/{arm}" in saved
+    assert 0 < saved["labeled_episodes"] < saved["train_episodes"] and saved == json.loads(json.dumps(out))
