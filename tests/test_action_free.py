@@ -78,3 +78,48 @@ def test_action_free_experiment_end_to_end(latents_cfg):
             (base / "action_free" / arm / "data/metrics/dynamics.json").read_text())[f"psnr_h4/k{k}_shuffled_actions"])
         assert f"psnr_h{h}/k{k}/{arm}" in saved
     assert 0 < saved["labeled_episodes"] < saved["train_episodes"] and saved == json.loads(json.dumps(out))
+
+
+def test_action_free_clips_never_reach_action_or_reward_losses(debug_cfg):
+    """Garbage actions, rewards and continuations on action-free rows change nothing but the
+    dynamics loss (which trains on their frames with the "no action" embedding)."""
+    from wm.models.agent import Agent
+    from wm.models.dynamics import Dynamics
+    from wm.stages.finetune_agent import AgentLoss
+
+    cfg = debug_cfg
+    torch.manual_seed(0)
+    n_actions = len(cfg.env.action_map)
+    dyn = Dynamics(cfg.dynamics, n_actions, cfg.tokenizer.n_latents, cfg.tokenizer.latent_dim)
+    agent = Agent(dyn, n_tasks=1, mtp=cfg.agent.mtp, bins=cfg.agent.bins)
+    for head in (agent.reward_head, agent.cont_head):  # zero-initialised heads would ignore any target
+        torch.nn.init.normal_(head[-1].weight)
+    loss_fn = AgentLoss(cfg)
+    g = torch.Generator().manual_seed(1)
+    b, t = 4, 6
+    batch = {"latents": torch.randn(b, t, cfg.tokenizer.n_latents, cfg.tokenizer.latent_dim, generator=g),
+             "actions": torch.randint(0, n_actions, (b, t), generator=g),
+             "rewards": (torch.rand(b, t, generator=g) < 0.2).float() * 20,
+             "continues": torch.ones(b, t), "action_free": torch.tensor([False, True, False, True])}
+    garbage = {**batch, "actions": batch["actions"].clone(), "rewards": batch["rewards"].clone(),
+               "continues": batch["continues"].clone()}
+    garbage["actions"][1::2] = torch.randint(0, n_actions, (2, t), generator=g)
+    garbage["rewards"][1::2] = 1000.0
+    garbage["continues"][1::2] = 0.0
+
+    def terms(x):
+        torch.manual_seed(5)  # the same noise draws in both calls
+        _, logs = loss_fn(agent, x)
+        return {k: logs[k] for k in ("agent/train/bc", "agent/train/reward", "agent/train/cont",
+                                     "dynamics/train/loss")}
+
+    assert terms(batch) == pytest.approx(terms(garbage), rel=1e-6)
+    # the labelled rows do reach them: changing their targets changes every term
+    changed = {**batch, "actions": batch["actions"].clone(), "rewards": batch["rewards"].clone(),
+               "continues": batch["continues"].clone()}
+    changed["actions"][0] = (changed["actions"][0] + 1) % n_actions
+    changed["rewards"][0] = 1000.0
+    changed["continues"][0] = 0.0
+    before, after = terms(batch), terms(changed)
+    for k in ("agent/train/bc", "agent/train/reward", "agent/train/cont"):
+        assert after[k] != pytest.approx(before[k]), k

@@ -13,7 +13,7 @@ from wm import config as config_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIRS = {"collect": "collect", "shard": "shard", "train_tokenizer": "tokenizer", "cache_latents": "latents",
-            "train_dynamics": "dynamics", "finetune_agent": "agent", "imagine_rl": "rl"}
+            "train_dynamics": "dynamics", "finetune_agent": "agent", "imagine_rl": "rl", "import_videos": "videos"}
 PLOTS_UNDER_LIVE = Path("plots/metrics")  # dvclive writes a run's plots there
 
 
@@ -33,20 +33,31 @@ def _written(module) -> tuple[set[Path], set[Path]]:
     return files, live
 
 
+# commands that run a function of another stage's module (the experiment dvc.yaml files)
+CMD_MODULES = {"action-free": "train_dynamics"}
+STAGE_OUT_DIRS = {"action_free": "action_free"}
+
+
 def test_dvc_artifacts_are_the_ones_the_stages_write():
+    """Per stage module, everything the module names under data/ is declared by the stages that
+    run it (dvc.yaml and experiments/*/dvc.yaml), and everything they declare it writes."""
     cfg = config_mod.load(ROOT / "params.yaml")
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    declared: dict[str, set[Path]] = {}
+    out_dirs: dict[str, set[Path]] = {}
+    for dvc_file in [ROOT / "dvc.yaml", *sorted((ROOT / "experiments").glob("*/dvc.yaml"))]:
+        for name, stage in yaml.safe_load(dvc_file.read_text())["stages"].items():
+            command = stage["cmd"].split()[1]
+            module = CMD_MODULES.get(command, command.replace("-", "_"))
+            d = _declared(stage)
+            declared.setdefault(module, set()).update(d["outs"] | d["metrics"] | d["plots"])
+            section = OUT_DIRS.get(name) or STAGE_OUT_DIRS.get(name)
+            out_dirs.setdefault(module, set()).update({Path(getattr(cfg, section).out_dir)} if section else set())
     problems = []
-    for name, stage in stages.items():
-        module = importlib.import_module("wm.stages." + stage["cmd"].split()[1].replace("-", "_"))
-        files, live = _written(module)
-        declared = _declared(stage)
-        section = OUT_DIRS.get(name)
-        out_dir = {Path(getattr(cfg, section).out_dir)} if section else set()
-        code = files | out_dir | {d / PLOTS_UNDER_LIVE for d in live}
-        everything = declared["outs"] | declared["metrics"] | declared["plots"]
+    for module_name, everything in declared.items():
+        files, live = _written(importlib.import_module("wm.stages." + module_name))
+        code = files | out_dirs[module_name] | {d / PLOTS_UNDER_LIVE for d in live}
         for path in sorted(code - everything):
-            problems.append(f"{name}: writes {path}, which dvc.yaml does not declare")
+            problems.append(f"{module_name}: writes {path}, which no dvc.yaml declares")
         for path in sorted(everything - code):
-            problems.append(f"{name}: dvc.yaml declares {path}, which the stage does not write")
+            problems.append(f"{module_name}: a dvc.yaml declares {path}, which the stage does not write")
     assert not problems, "\n".join(problems)

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ from wm.data.video import decode_video, ffmpeg_exe, import_videos
 
 
 def make_video(path, size="96x80", rate=30, seconds=2, extra=()):
+    """A test-pattern video made by the ffmpeg binary wm uses (H.264 mp4 / MJPEG avi via extra)."""
     subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i",
                     f"testsrc=size={size}:rate={rate}", "-t", str(seconds), *extra, str(path)], check=True)
 
@@ -63,3 +65,66 @@ def test_cli_import_reports_failures_and_empty_dir(video_dir, tmp_path):
                            "--out", str(tmp_path / "out2")], capture_output=True, text=True)
     assert proc.returncode == 2 and "no .mp4/.avi files" in proc.stderr
     assert not (tmp_path / "out2").exists()
+
+
+def test_videos_flow_through_the_pipeline(tmp_path, debug_data, debug_raw):
+    """H.264 mp4 and MJPEG avi of other sizes and rates, plus a broken file: the import stage
+    reports the broken one by name and imports the rest; the tokenizer's batches include video
+    frames; cache_latents encodes them beside the rollouts; the dynamics trains on them as
+    action-free clips (the "no action" embedding), a step of it runs."""
+    import itertools
+
+    import torch
+
+    from conftest import make_cfg
+    from wm.config import to_dict
+    from wm.models.tokenizer import Tokenizer
+    from wm.stages import cache_latents, import_videos, train_dynamics
+    from wm.training.checkpoint import save_checkpoint
+    from wm.training.distributed import DistInfo
+    from wm.training.trainer import CHECKPOINT
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    make_video(videos / "h264.mp4", size="160x112", rate=30, seconds=3, extra=("-c:v", "libx264", "-pix_fmt", "yuv420p"))
+    make_video(videos / "mjpeg.avi", size="64x48", rate=25, seconds=3, extra=("-c:v", "mjpeg"))
+    (videos / "broken.mp4").write_bytes(b"not a video")
+    cfg = make_cfg(debug_raw, f"videos.in_dir={videos}", f"videos.out_dir={tmp_path / 'video_shards'}",
+                   f"latents.in_dir={debug_data['cfg'].shard.out_dir}", f"shard.out_dir={debug_data['cfg'].shard.out_dir}",
+                   f"latents.out_dir={tmp_path / 'latents'}", f"tokenizer.out_dir={tmp_path / 'tok'}")
+    result = import_videos.run(cfg, metrics_path=tmp_path / "import_videos.json")
+    assert result["videos"] == 2 and [f["file"].endswith("broken.mp4") for f in result["failed"]] == [True]
+    assert result["frames"] == 2 * 45  # 3 s each at 15 fps
+    from wm.stages.train_tokenizer import tokenizer_batches
+
+    mixed = list(itertools.islice(tokenizer_batches(cfg, DistInfo()), 40))
+    share = sum(bool(b["action_free"].all()) for b in mixed) / len(mixed)
+    assert 0 < share < 0.5  # video frames are a minority of these frames, but in the batches
+    torch.manual_seed(0)
+    tok = Tokenizer(cfg.tokenizer, cfg.env.height, cfg.env.width)
+    save_checkpoint(tmp_path / "tok" / CHECKPOINT, {"model": tok.state_dict(), "step": 0, "config": to_dict(cfg)},
+                    to_dict(cfg))
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        metrics = cache_latents.run(cfg)
+    finally:
+        os.chdir(cwd)
+    chunks = read_manifest(tmp_path / "video_shards")["splits"]
+    assert metrics["video_frames"] == sum(n for sp in chunks.values() for e in sp["shards"] for n in e["chunk_lengths"])
+    assert read_manifest(tmp_path / "latents" / "videos")["action_free"] is True
+    dcfg = make_cfg(debug_raw, f"videos.out_dir={tmp_path / 'video_shards'}", f"latents.out_dir={tmp_path / 'latents'}",
+                    "dynamics.video_share=0.5", "dynamics.long_every=0", "dynamics.single_frame_frac=0")
+    batches = list(itertools.islice(train_dynamics.batch_schedule(dcfg, DistInfo(), 0), 20))
+    free = [b for b in batches if b["action_free"].all()]
+    assert 3 <= len(free) <= 17 and all((b["actions"] == -1).all() for b in free)
+    # one dynamics step on an action-free batch: finite loss, gradients reach the "no action" row only
+    from wm.models.dynamics import Dynamics
+    from wm.objectives.shortcut import ShortcutLoss
+
+    model = Dynamics(dcfg.dynamics, len(dcfg.env.action_map), dcfg.tokenizer.n_latents, dcfg.tokenizer.latent_dim)
+    loss, _ = ShortcutLoss.from_config(dcfg.dynamics)(model, free[0])
+    loss.backward()
+    assert torch.isfinite(loss)
+    grad = model.action_embed.weight.grad.abs().sum(-1)
+    assert grad[-1] > 0 and (grad[:-1] == 0).all()

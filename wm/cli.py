@@ -56,10 +56,17 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _import_videos(args: argparse.Namespace) -> dict[str, Any]:
-    from wm.data.video import import_videos
+    from wm.stages.import_videos import run
 
+    from pathlib import Path
+
+    if args.dir is not None and "=" in args.dir and not Path(args.dir).is_dir():  # an override, not a folder
+        args.overrides.insert(0, args.dir)
+        args.dir = None
     cfg = _load_cfg(args)
-    return import_videos(args.dir, args.out, cfg, fps=args.fps)
+    if args.dir is None:  # the pipeline stage: the configured folders, metrics for DVC
+        return run(cfg, out_dir=args.out, fps=args.fps)
+    return run(cfg, args.dir, args.out, fps=args.fps, metrics_path=None)
 
 
 def _action_free(args: argparse.Namespace) -> dict[str, Any]:
@@ -127,10 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_inspect(sub)
 
-    p = sub.add_parser("import-videos", help="import mp4/avi files as action-free shards")
-    p.add_argument("dir", help="directory with .mp4/.avi files")
+    p = sub.add_parser("import-videos", help="import mp4/avi files as action-free shards (the import_videos stage)")
+    p.add_argument("dir", nargs="?", default=None,
+                   help="directory with .mp4/.avi files (default: videos.in_dir, data/videos; empty is fine there)")
     add_common(p)
-    p.add_argument("--out", default="data/shards/videos", help="output shard directory")
+    p.add_argument("--out", default=None, help="output shard directory (default: videos.out_dir, data/video_shards)")
     p.add_argument("--fps", type=float, default=None, help="resample to this frame rate (default: 60/env.frameskip)")
     p.set_defaults(func=_import_videos)
 

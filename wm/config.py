@@ -73,6 +73,18 @@ class ShardConfig:
 
 
 @dataclass(frozen=True)
+class VideosConfig:
+    """Action-free videos as a pipeline input (stage import_videos): every mp4/avi in ``in_dir``
+    becomes action-free shards in ``out_dir``; the tokenizer trains on their frames, the
+    dynamics on their clips (``dynamics.video_share``), cache_latents encodes them into
+    ``<latents.out_dir>/videos``."""
+
+    in_dir: str = "data/videos"
+    out_dir: str = "data/video_shards"
+    fps: float = 0.0          # resample to this rate (0: the env's agent-step rate, 60 / frameskip)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     shuffle_buffer: int      # samples held by each reader's shuffle buffer (every training stage)
 
@@ -162,6 +174,7 @@ class DynamicsConfig:
     pack: int = 1              # tokenizer latents per spatial token (the paper's S_z = n_latents / pack)
     prev_input: bool = False   # each latent token also sees the previous frame's latent at its slot (paper: no)
     labeled_frac: float = 1.0  # share of training episodes that keep their actions (the action-free experiment)
+    video_share: float = 0.5   # share of training batches from action-free videos, when there are any
     unlabeled: str = "video"   # the other episodes: 'video' (trained action-free) or 'drop' (left out)
 
 
@@ -239,6 +252,7 @@ class Config:
     rl: RLConfig
     eval: EvalConfig
     action_free: ActionFreeConfig = ActionFreeConfig()
+    videos: VideosConfig = VideosConfig()
 
 
 T = TypeVar("T")

@@ -207,6 +207,44 @@ def build_shards(
     return manifest
 
 
+VIDEO_LATENTS = "videos"  # cache_latents encodes the video shards into <latents.out_dir>/videos
+
+
+def video_latents_dir(cfg: Any) -> Path:
+    return Path(cfg.latents.out_dir) / VIDEO_LATENTS
+
+
+def split_frames(shard_dir: str | Path, split: str) -> int:
+    """Frames in a split of a shard set; 0 when the set is empty or absent."""
+    path = Path(shard_dir) / MANIFEST
+    if not path.exists():
+        return 0
+    return int(read_manifest(shard_dir)["splits"].get(split, {}).get("frames", 0))
+
+
+def has_clips(shard_dir: str | Path, split: str, clip_len: int) -> bool:
+    """Whether a split holds at least one chunk as long as ``clip_len`` (False when absent)."""
+    if split_frames(shard_dir, split) == 0:
+        return False
+    entries = read_manifest(shard_dir)["splits"][split]["shards"]
+    return any(n >= clip_len for e in entries for n in e["chunk_lengths"])
+
+
+def mixed_batches(primary: Iterator[dict[str, Any]], secondary: Iterator[dict[str, Any]] | None, share: float,
+                  seed: int, skip: int = 0) -> Iterator[dict[str, Any]]:
+    """Each batch from ``secondary`` with probability ``share`` (a fixed draw per step, so a
+    resumed run from step ``skip`` gets the batches the uninterrupted one would), else from
+    ``primary``. The iterators start at step 0; the draws before ``skip`` advance them."""
+    if secondary is None or share <= 0:
+        yield from itertools.islice(primary, skip, None)
+        return
+    for step in itertools.count():
+        pick = np.random.default_rng([seed, step, 53]).random() < share
+        batch = next(secondary if pick else primary)
+        if step >= skip:
+            yield batch
+
+
 def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
     path = Path(shard_dir) / MANIFEST
     if not path.exists():

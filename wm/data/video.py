@@ -77,15 +77,17 @@ def video_episode(path: Path, index: int, height: int, width: int, fps: float) -
     )
 
 
-def import_videos(video_dir: str | Path, out_dir: str | Path, cfg: Config, fps: float | None = None) -> dict[str, Any]:
-    """Decode every mp4/avi in ``video_dir`` into action-free shards under ``out_dir``."""
+def import_videos(video_dir: str | Path, out_dir: str | Path, cfg: Config, fps: float | None = None,
+                  allow_empty: bool = False) -> dict[str, Any]:
+    """Decode every mp4/avi in ``video_dir`` into action-free shards under ``out_dir``. With
+    ``allow_empty`` (the pipeline stage) a folder without videos gives an empty shard set."""
     from wm.data.shards import build_shards
 
     video_dir, out_dir = Path(video_dir), Path(out_dir)
-    if not video_dir.is_dir():
+    if not video_dir.is_dir() and not allow_empty:
         raise MissingInputError(f"video directory {video_dir} does not exist")
-    files = sorted(p for p in video_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
-    if not files:
+    files = sorted(p for p in video_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES) if video_dir.is_dir() else []
+    if not files and not allow_empty:
         raise MissingInputError(f"no {'/'.join(VIDEO_SUFFIXES)} files in {video_dir}")
     fps = fps or EMULATOR_FPS / cfg.env.frameskip
     failed: list[dict[str, str]] = []
@@ -102,7 +104,7 @@ def import_videos(video_dir: str | Path, out_dir: str | Path, cfg: Config, fps: 
                 continue
             episodes.append((len(episodes), staging / f"ep{len(episodes):06d}.npz"))
             save_episode(ep, episodes[-1][1])
-        if not episodes:
+        if files and not episodes:
             raise VideoError(f"none of the {len(files)} video(s) in {video_dir} could be decoded")
         header = {"kind": "frames", "action_free": True, "source": str(video_dir), "fps": fps,
                   "env": {"height": cfg.env.height, "width": cfg.env.width}, "policy": None, "seed": 0,

@@ -29,7 +29,7 @@ from wm.atomic import write_json_atomic
 from wm.config import Config, to_dict
 from wm.data.shards import make_clip_loader, train_batches
 from wm.models.agent import Agent, agent_view
-from wm.models.dynamics import Dynamics, shift_actions
+from wm.models.dynamics import NO_ACTION_INDEX, Dynamics, shift_actions
 from wm.models.transformer import Block
 from wm.objectives.mtp import mtp_targets, reward_targets
 from wm.objectives.shortcut import ShortcutLoss
@@ -66,19 +66,30 @@ class AgentLoss(nn.Module):
         core = agent.module if hasattr(agent, "module") else agent
         dyn_loss, logs = self.shortcut(agent, batch)  # task=None: the dynamics path of the same model
         z = batch["latents"].float()
-        prev = shift_actions(batch["actions"])
+        # action-free clips (videos, or episodes whose labels the action-free experiment hides):
+        # the dynamics loss above trains on them; no action reaches the model and no action,
+        # reward or continuation target reaches a loss
+        free = batch.get("action_free")
+        labeled = torch.ones(z.shape[0], dtype=torch.bool, device=z.device) if free is None else ~free.to(z.device)
+        actions = torch.where(labeled[:, None], batch["actions"], torch.full_like(batch["actions"], NO_ACTION_INDEX))
+        prev = shift_actions(actions)
         noisy, tau, d = agent_view(z, self.cfg.dynamics.ctx_noise, self.cfg.dynamics.k_max)
         task = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
         _, feat = agent(noisy, tau, d, prev, task)
-        act_t, act_valid = mtp_targets(batch["actions"], a.mtp, fill=0)
+        act_t, act_valid = mtp_targets(actions.clamp_min(0), a.mtp, fill=0)
+        act_valid = act_valid & labeled[:, None, None]
         rew_t, rew_valid = reward_targets(batch["rewards"].float(), a.mtp)
+        rew_valid = rew_valid & labeled[:, None, None]
         logits = core.policy_logits(feat)
         bc = F.cross_entropy(logits.flatten(0, 2), act_t.flatten(), reduction="none").view_as(act_t.float())
-        bc = (bc * act_valid).sum() / act_valid.sum()
+        bc = (bc * act_valid).sum() / act_valid.sum().clamp_min(1)
         rl = twohot_loss(core.reward_logits(feat), rew_t, self.bins)
-        rl = (rl * rew_valid).sum() / rew_valid.sum()
+        rl = (rl * rew_valid).sum() / rew_valid.sum().clamp_min(1)
         # continuation of the transition into frame t (t >= 1), as the reward's offset 0
-        cl = F.binary_cross_entropy_with_logits(core.cont_logit(feat)[:, 1:], batch["continues"][:, :-1].float())
+        cl = F.binary_cross_entropy_with_logits(core.cont_logit(feat)[:, 1:], batch["continues"][:, :-1].float(),
+                                                reduction="none")
+        rows = labeled[:, None].expand_as(cl).float()
+        cl = (cl * rows).sum() / rows.sum().clamp_min(1)
         loss = a.dynamics_weight * dyn_loss + a.bc_weight * bc + a.reward_weight * (rl + cl)
         with torch.no_grad():
             acc0 = (logits[:, :, 0].argmax(-1) == batch["actions"]).float().mean().item()

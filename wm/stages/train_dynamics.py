@@ -25,7 +25,8 @@ from PIL import Image
 from wm.atomic import write_bytes_atomic, write_json_atomic
 from wm.config import Config, to_dict
 from wm.errors import ConfigValueError
-from wm.data.shards import episode_labels, make_clip_loader, train_batches
+from wm.data.shards import (episode_labels, has_clips, make_clip_loader, mixed_batches, train_batches,
+                            video_latents_dir)
 from wm.metrics import psnr
 from wm.models.dynamics import Dynamics, shift_actions
 from wm.models.tokenizer import Tokenizer
@@ -64,6 +65,13 @@ def batch_schedule(cfg: Config, info: Any, skip: int):
                           labels=labels)
     long = train_batches(cfg.latents.out_dir, tr, info, cfg.data.shuffle_buffer, clip_len=dyn.long_len,
                          batch_size=dyn.long_batch_size, labels=labels)
+    videos = video_latents_dir(cfg)  # action-free videos, at their share of the batches of each length
+    if dyn.video_share > 0 and has_clips(videos, "train", dyn.short_len):
+        short = mixed_batches(short, train_batches(videos, tr, info, cfg.data.shuffle_buffer, clip_len=dyn.short_len),
+                              dyn.video_share, tr.seed)
+    if dyn.video_share > 0 and has_clips(videos, "train", dyn.long_len):
+        long = mixed_batches(long, train_batches(videos, tr, info, cfg.data.shuffle_buffer, clip_len=dyn.long_len,
+                                                 batch_size=dyn.long_batch_size), dyn.video_share, tr.seed + 1)
     pick = np.random.default_rng([tr.seed, 99])
     for step in itertools.count():
         kind = batch_kind(tr.seed, step, cfg)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from wm.atomic import write_json_atomic
 from wm.config import Config, to_dict
-from wm.data.shards import make_clip_loader, train_batches
+from wm.data.shards import has_clips, make_clip_loader, mixed_batches, split_frames, train_batches
 from wm.metrics import avgpool2_baseline, masked_sq_error, moving_mask, pooled_psnr, psnr, ssim
 from wm.models.tokenizer import Tokenizer
 from wm.models.transformer import Block
@@ -149,6 +149,20 @@ def _compatible(current: dict[str, Any]):
     return check
 
 
+def tokenizer_batches(cfg: Config, info: Any, skip: int = 0):
+    """Every frame trains the tokenizer: batches of rollout frames and, when the import_videos
+    stage found any, of action-free video frames, in proportion to their frame counts."""
+    t = cfg.tokenizer
+    rollout_frames = split_frames(cfg.shard.out_dir, "train")
+    videos = has_clips(cfg.videos.out_dir, "train", t.train.clip_len)
+    video_frames = split_frames(cfg.videos.out_dir, "train") if videos else 0
+    if video_frames == 0:
+        return train_batches(cfg.shard.out_dir, t.train, info, cfg.data.shuffle_buffer, skip)
+    return mixed_batches(train_batches(cfg.shard.out_dir, t.train, info, cfg.data.shuffle_buffer),
+                         train_batches(cfg.videos.out_dir, t.train, info, cfg.data.shuffle_buffer),
+                         video_frames / (rollout_frames + video_frames), t.train.seed, skip)
+
+
 def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     t = cfg.tokenizer
     start = time.perf_counter()
@@ -156,8 +170,9 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     loss_fn = TokenizerLoss(t, lpips_net)
     held_out = val_batches(cfg)
 
+
     def data_factory(info, skip: int):
-        return train_batches(cfg.shard.out_dir, t.train, info, cfg.data.shuffle_buffer, skip)
+        return tokenizer_batches(cfg, info, skip)
 
     def evaluate(model: torch.nn.Module, step: int) -> dict[str, float]:
         logs = evaluate_tokenizer(model, held_out[: max(1, len(held_out) // 4)])
