@@ -77,7 +77,7 @@ def copy_repo(dst: Path) -> Path:
                            text=True, check=True).stdout.split()
     for rel in files:
         src = ROOT / rel
-        if src.is_file() and (not rel.startswith("data/") or rel.startswith("data/collected/")):
+        if src.is_file() and (not rel.startswith("data/") or rel.startswith(("data/collected/", "data/videos/"))):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
     return dst
