@@ -59,6 +59,9 @@ def test_forcing_rows_are_next_frame_prediction():
         forced[i] = bool(((t2[i] == 0) | (t2[i] == 0.9)).all() and (d2[i] == 1 / 64).all())
     assert forced[redrawn].all()
     torch.testing.assert_close(w2[forced], (t2[forced] == 0).float())  # targets 1, context 0
+    targets = t2[forced] == 0
+    assert not targets[:, 0].any() and not (targets[:, 1:] & targets[:, :-1]).any()  # each after a context frame
+    assert 0.25 < targets.float().mean().item() < 0.42  # ~1/3 of the frames
     torch.testing.assert_close(w2[kept], 0.9 * tau[kept] + 0.1)  # other rows: the paper's ramp
     assert torch.equal(t2[kept], tau[kept]) and torch.equal(d2[kept], d[kept])
     # off, or single frames (no past): the paper's levels and ramp
@@ -237,3 +240,17 @@ def test_alternating_and_single_frame_batches_reach_the_model(debug_data, monkey
         loss, logs = loss_fn(model, batch)
         seen.append(int(logs["dynamics/train/clip_len"]))
     assert set(seen) >= {dyn.long_len, dyn.short_len}
+
+
+def test_rollout_psnr_pools_the_error_over_clips():
+    """An exactly repeated frame must not score 100 dB into an average: two clips, one exact and
+    one with squared error 0.01 everywhere, give the PSNR of their mean error (0.005: 23.0 dB)."""
+    import math
+
+    from wm.stages.train_dynamics import _psnr_by_step
+
+    real = torch.full((2, 1, 3, 4, 4), 0.5)
+    pred = real.clone()
+    pred[1] += 0.1
+    got = _psnr_by_step(pred, real)
+    assert got.shape == (1,) and got.item() == pytest.approx(-10 * math.log10(0.005), abs=1e-4)

@@ -12,9 +12,9 @@ forcing, Chen et al. 2024), term by term:
   d is therefore carried per frame, shape (B, T).
 - Forcing rows (``forcing_frac``, a stated deviation, 0 = the paper): that share of the batch's
   clips (of length > 1) is drawn as next-frame prediction exactly as the sampler's first step
-  meets it: each frame is either context (tau_ctx) or a target at pure noise (tau = 0), with
-  probability 1/2 each, all at d = d_min; targets take the flow loss at weight 1, context frames
-  weight 0. The paper's ramp gives tau = 0 weight 0.1 and uniform levels reach "clean past,
+  meets it: a target at pure noise (tau = 0) always right after a context frame (tau_ctx), all
+  at d = d_min (frame 0 context; a frame after context is a target with probability 1/2);
+  targets take the flow loss at weight 1, context frames weight 0. The paper's ramp gives tau = 0 weight 0.1 and uniform levels reach "clean past,
   pure-noise present" rarely, so on a small compute budget the model settles on copying the
   last frame and ignores the actions; these rows teach the conditional next frame directly,
   and the bootstrap chain carries it to the coarse steps the K = 4 sampler takes.
@@ -62,15 +62,23 @@ def sample_shortcut(batch: int, time: int, k_max: int, device: torch.device, con
 
 def forcing_rows(tau: torch.Tensor, d: torch.Tensor, frac: float, tau_ctx: float,
                  k_max: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Redraw a ``frac`` share of the rows as next-frame prediction: each frame context (tau_ctx)
-    or target (tau = 0) with probability 1/2, d = d_min. Returns tau, d and the loss weight
-    (B, T): targets 1, context frames 0, other rows the ramp 0.9 tau + 0.1."""
+    """Redraw a ``frac`` share of the rows as next-frame prediction, d = d_min: frame 0 is
+    context (tau_ctx); each later frame is a target (tau = 0) with probability 1/2 if the frame
+    before it is context, else context -- so every target has a clean previous frame (what the
+    ``prev_input`` token shift and the time attention see when sampling), about 1/3 of frames.
+    Returns tau, d and the loss weight (B, T): targets 1, context frames 0, other rows the ramp
+    0.9 tau + 0.1."""
     b, t = tau.shape
     weight = 0.9 * tau + 0.1
     if frac <= 0 or t < 2:
         return tau, d, weight
     rows = (torch.rand(b, device=tau.device) < frac)[:, None]
-    target = torch.rand(b, t, device=tau.device) < 0.5
+    # a target always follows a context frame, as the sampler meets it (clean past, noise now);
+    # frame 0 has no past and stays context
+    draw = torch.rand(b, t, device=tau.device) < 0.5
+    target = torch.zeros_like(draw)
+    for i in range(1, t):
+        target[:, i] = draw[:, i] & ~target[:, i - 1]
     tau = torch.where(rows, torch.where(target, torch.zeros_like(tau), torch.full_like(tau, tau_ctx)), tau)
     d = torch.where(rows, torch.full_like(d, 1.0 / k_max), d)
     weight = torch.where(rows, target.to(weight.dtype), weight)
