@@ -81,3 +81,32 @@ def copy_repo(dst: Path) -> Path:
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
     return dst
+
+
+def save_init_model(path: Path, model, cfg: config_mod.Config) -> None:
+    """A freshly initialised model saved as a stage would save it (weights + the run's config)."""
+    from wm.config import to_dict
+    from wm.training.checkpoint import save_checkpoint
+    from wm.training.trainer import CHECKPOINT
+
+    save_checkpoint(Path(path) / CHECKPOINT, {"model": model.state_dict(), "step": 0, "config": to_dict(cfg)},
+                    to_dict(cfg))
+
+
+def init_tokenizer_and_latents(base: Path, cfg: config_mod.Config):
+    """Debug-preset tokenizer (seeded init) in ``cfg.tokenizer.out_dir``, and the real
+    cache_latents stage run with it from ``base`` (its metrics land under base/data/metrics)."""
+    import torch
+
+    from wm.models.tokenizer import Tokenizer
+    from wm.stages import cache_latents
+
+    torch.manual_seed(0)
+    tok = Tokenizer(cfg.tokenizer, cfg.env.height, cfg.env.width)
+    save_init_model(cfg.tokenizer.out_dir, tok, cfg)
+    cwd = os.getcwd()
+    os.chdir(base)
+    try:
+        return cache_latents.run(cfg)
+    finally:
+        os.chdir(cwd)

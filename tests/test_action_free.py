@@ -8,12 +8,8 @@ import os
 import pytest
 import torch
 
-from conftest import make_cfg
-from wm.config import to_dict
+from conftest import init_tokenizer_and_latents, make_cfg
 from wm.data.shards import episode_labels, make_clip_loader, read_manifest
-from wm.models.tokenizer import Tokenizer
-from wm.stages import cache_latents
-from wm.training.checkpoint import save_checkpoint
 from wm.training.trainer import CHECKPOINT
 
 
@@ -24,16 +20,7 @@ def latents_cfg(debug_data, debug_raw, tmp_path_factory):
                    f"shard.out_dir={debug_data['cfg'].shard.out_dir}", f"latents.out_dir={base / 'latents'}",
                    f"tokenizer.out_dir={base / 'tok'}", f"action_free.out_dir={base / 'action_free'}",
                    "action_free.labeled_frac=0.5")
-    torch.manual_seed(0)
-    tok = Tokenizer(cfg.tokenizer, cfg.env.height, cfg.env.width)
-    save_checkpoint(base / "tok" / CHECKPOINT, {"model": tok.state_dict(), "step": 0, "config": to_dict(cfg)},
-                    to_dict(cfg))
-    cwd = os.getcwd()
-    os.chdir(base)
-    try:
-        cache_latents.run(cfg)
-    finally:
-        os.chdir(cwd)
+    init_tokenizer_and_latents(base, cfg)
     return base, cfg
 
 

@@ -7,13 +7,11 @@ import os
 import pytest
 import torch
 
-from conftest import make_cfg
-from wm.config import to_dict
+from conftest import init_tokenizer_and_latents, make_cfg, save_init_model
 from wm.models.agent import Agent
 from wm.models.dynamics import Dynamics
-from wm.models.tokenizer import Tokenizer
 from wm.stages import cache_latents, imagine_rl
-from wm.training.checkpoint import load_checkpoint, save_checkpoint
+from wm.training.checkpoint import load_checkpoint
 from wm.training.pmpo_learner import PMPOLearner
 from wm.training.trainer import CHECKPOINT, NonFiniteLossError
 
@@ -24,21 +22,11 @@ def rl_setup(debug_data, debug_raw, tmp_path_factory):
     cfg = make_cfg(debug_raw, f"latents.in_dir={debug_data['cfg'].shard.out_dir}", f"latents.out_dir={base / 'latents'}",
                    f"tokenizer.out_dir={base / 'tok'}", f"agent.out_dir={base / 'agent'}", "rl.iterations=6",
                    "rl.ckpt_every=2", "rl.value_warmup=1", "rl.guard_low=0.0", "rl.guard_high=1.0")
-    torch.manual_seed(0)
-    tok = Tokenizer(cfg.tokenizer, cfg.env.height, cfg.env.width)
-    save_checkpoint(base / "tok" / CHECKPOINT, {"model": tok.state_dict(), "step": 0, "config": to_dict(cfg)},
-                    to_dict(cfg))
+    init_tokenizer_and_latents(base, cfg)
     dyn = Dynamics(cfg.dynamics, len(cfg.env.action_map), cfg.tokenizer.n_latents, cfg.tokenizer.latent_dim)
     agent = Agent(dyn, n_tasks=1, mtp=cfg.agent.mtp, bins=cfg.agent.bins)
     torch.nn.init.normal_(agent.reward_head[-1].weight)  # a reward to learn from
-    save_checkpoint(base / "agent" / CHECKPOINT, {"model": agent.state_dict(), "step": 0, "config": to_dict(cfg)},
-                    to_dict(cfg))
-    cwd = os.getcwd()
-    os.chdir(base)
-    try:
-        cache_latents.run(cfg)
-    finally:
-        os.chdir(cwd)
+    save_init_model(base / "agent", agent, cfg)
     return base, cfg
 
 

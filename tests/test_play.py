@@ -8,19 +8,13 @@ import struct
 import threading
 
 import pytest
-import torch
 
-from conftest import make_cfg
-from wm.config import to_dict
+from conftest import init_tokenizer_and_latents, make_cfg, save_init_model
 from wm.models.agent import Agent
 from wm.models.dynamics import Dynamics
-from wm.models.tokenizer import Tokenizer
 from wm.play import session_factory
 from wm.play.server import parse_message, serve
 from wm.play.session import action_for
-from wm.stages import cache_latents
-from wm.training.checkpoint import save_checkpoint
-from wm.training.trainer import CHECKPOINT
 
 ACTION_MAP = [[], ["UP"], ["DOWN"], ["LEFT"], ["RIGHT"], ["B"], ["UP", "B"], ["DOWN", "B"], ["LEFT", "B"], ["RIGHT", "B"]]
 
@@ -50,18 +44,9 @@ def play_server(debug_data, debug_raw, tmp_path_factory):
     base = tmp_path_factory.mktemp("play")
     cfg = make_cfg(debug_raw, f"latents.in_dir={debug_data['cfg'].shard.out_dir}", f"latents.out_dir={base / 'latents'}",
                    f"tokenizer.out_dir={base / 'tok'}", f"agent.out_dir={base / 'agent'}", f"rl.out_dir={base / 'pmpo'}")
-    torch.manual_seed(0)
-    tok = Tokenizer(cfg.tokenizer, cfg.env.height, cfg.env.width)
-    save_checkpoint(base / "tok" / CHECKPOINT, {"model": tok.state_dict(), "step": 0, "config": to_dict(cfg)}, to_dict(cfg))
+    init_tokenizer_and_latents(base, cfg)
     dyn = Dynamics(cfg.dynamics, len(cfg.env.action_map), cfg.tokenizer.n_latents, cfg.tokenizer.latent_dim)
-    agent = Agent(dyn, n_tasks=1, mtp=cfg.agent.mtp, bins=cfg.agent.bins)
-    save_checkpoint(base / "agent" / CHECKPOINT, {"model": agent.state_dict(), "step": 0, "config": to_dict(cfg)}, to_dict(cfg))
-    cwd = os.getcwd()
-    os.chdir(base)
-    try:
-        cache_latents.run(cfg)
-    finally:
-        os.chdir(cwd)
+    save_init_model(base / "agent", Agent(dyn, n_tasks=1, mtp=cfg.agent.mtp, bins=cfg.agent.bins), cfg)
     make = session_factory(cfg, base / "agent", base / "tok", threads=1)
     bound, ready = [], threading.Event()
     threading.Thread(target=serve, args=(make, "127.0.0.1", 0, 30.0, lambda p: (bound.append(p), ready.set())),

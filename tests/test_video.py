@@ -1,4 +1,3 @@
-import os
 import subprocess
 import sys
 
@@ -76,13 +75,9 @@ def test_videos_flow_through_the_pipeline(tmp_path, debug_data, debug_raw):
 
     import torch
 
-    from conftest import make_cfg
-    from wm.config import to_dict
-    from wm.models.tokenizer import Tokenizer
-    from wm.stages import cache_latents, import_videos, train_dynamics
-    from wm.training.checkpoint import save_checkpoint
+    from conftest import init_tokenizer_and_latents, make_cfg
+    from wm.stages import import_videos, train_dynamics
     from wm.training.distributed import DistInfo
-    from wm.training.trainer import CHECKPOINT
 
     videos = tmp_path / "videos"
     videos.mkdir()
@@ -100,16 +95,7 @@ def test_videos_flow_through_the_pipeline(tmp_path, debug_data, debug_raw):
     mixed = list(itertools.islice(tokenizer_batches(cfg, DistInfo()), 40))
     share = sum(bool(b["action_free"].all()) for b in mixed) / len(mixed)
     assert 0 < share < 0.5  # video frames are a minority of these frames, but in the batches
-    torch.manual_seed(0)
-    tok = Tokenizer(cfg.tokenizer, cfg.env.height, cfg.env.width)
-    save_checkpoint(tmp_path / "tok" / CHECKPOINT, {"model": tok.state_dict(), "step": 0, "config": to_dict(cfg)},
-                    to_dict(cfg))
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        metrics = cache_latents.run(cfg)
-    finally:
-        os.chdir(cwd)
+    metrics = init_tokenizer_and_latents(tmp_path, cfg)
     chunks = read_manifest(tmp_path / "video_shards")["splits"]
     assert metrics["video_frames"] == sum(n for sp in chunks.values() for e in sp["shards"] for n in e["chunk_lengths"])
     assert read_manifest(tmp_path / "latents" / "videos")["action_free"] is True
