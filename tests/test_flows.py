@@ -24,7 +24,7 @@ def test_pipeline_flow_runs_debug_preset_and_skips_unchanged(tmp_path, prefect_h
         subprocess.run(cmd, cwd=repo, check=True, env=env_with_venv())
     first = pipeline(repo=str(repo), preset="debug")
     names = [r["stage"] for r in first]
-    assert names[:3] == ["collect", "shard", "train_tokenizer"]
+    assert names[:4] == ["collect", "shard", "import_videos", "train_tokenizer"]
     assert not any(r["skipped"] for r in first)
     assert first[0]["metrics"]["frames"] > 0
     second = pipeline(repo=str(repo))
