@@ -194,6 +194,15 @@ def rollout(model: Dynamics | Agent, context: torch.Tensor, context_prev_actions
         context, context_prev_actions, future_prev_actions, use_cache=use_cache, generator=generator)
 
 
+def agent_tokenizer_dir(agent_dir: str | Path, default: str | Path) -> Path:
+    """The tokenizer an agent checkpoint goes with: the one a promoted policy carries in
+    ``<agent_dir>/tokenizer`` (the tokenizer it was trained with), else ``default``."""
+    from wm.training.trainer import CHECKPOINT
+
+    own = Path(agent_dir) / "tokenizer"
+    return own if (own / CHECKPOINT).exists() else Path(default)
+
+
 def load_agent(ckpt_dir: str | Path) -> tuple[Agent, dict[str, Any]]:
     """An Agent (dynamics + agent tokens + heads) from its checkpoint and saved config."""
     from wm.config import DynamicsConfig, from_dict

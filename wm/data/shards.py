@@ -224,20 +224,17 @@ def split_frames(shard_dir: str | Path, split: str) -> int:
 
 def has_clips(shard_dir: str | Path, split: str, clip_len: int) -> bool:
     """Whether a split holds at least one chunk as long as ``clip_len`` (False when absent)."""
-    if split_frames(shard_dir, split) == 0:
+    if not (Path(shard_dir) / MANIFEST).exists():
         return False
-    entries = read_manifest(shard_dir)["splits"][split]["shards"]
+    entries = read_manifest(shard_dir)["splits"].get(split, {}).get("shards", [])
     return any(n >= clip_len for e in entries for n in e["chunk_lengths"])
 
 
-def mixed_batches(primary: Iterator[dict[str, Any]], secondary: Iterator[dict[str, Any]] | None, share: float,
+def mixed_batches(primary: Iterator[dict[str, Any]], secondary: Iterator[dict[str, Any]], share: float,
                   seed: int, skip: int = 0) -> Iterator[dict[str, Any]]:
     """Each batch from ``secondary`` with probability ``share`` (a fixed draw per step, so a
     resumed run from step ``skip`` gets the batches the uninterrupted one would), else from
     ``primary``. The iterators start at step 0; the draws before ``skip`` advance them."""
-    if secondary is None or share <= 0:
-        yield from itertools.islice(primary, skip, None)
-        return
     for step in itertools.count():
         pick = np.random.default_rng([seed, step, 53]).random() < share
         batch = next(secondary if pick else primary)

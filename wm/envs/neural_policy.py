@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wm.world_model import WorldModel
+from wm.world_model import WorldModel, agent_tokenizer_dir
 
 
 class NeuralPolicy:
@@ -50,8 +50,5 @@ class NeuralPolicy:
 
 def policy_from_checkpoint(agent_dir: str | Path, tokenizer_dir: str | Path) -> NeuralPolicy:
     torch.set_num_threads(1)  # one process per emulator; threads would only contend
-    own = Path(agent_dir) / "tokenizer"  # a promoted policy carries the tokenizer it was trained with
-    if (own / "checkpoint.pt").exists():
-        tokenizer_dir = own
-    world, _ = WorldModel.load(agent_dir, tokenizer_dir)
+    world, _ = WorldModel.load(agent_dir, agent_tokenizer_dir(agent_dir, tokenizer_dir))
     return NeuralPolicy(world)

@@ -24,6 +24,7 @@ PLAY_METRICS = "data/metrics/play.json"
 def checkpoint_dirs(cfg: Config, agent_dir: str | None, rev: str | None) -> tuple[Path, Path]:
     """(agent dir, tokenizer dir): given, fetched at ``rev``, or the pipeline's."""
     from wm.training.trainer import CHECKPOINT
+    from wm.world_model import agent_tokenizer_dir
 
     if rev:
         from wm.inspect import fetch_at
@@ -39,8 +40,7 @@ def checkpoint_dirs(cfg: Config, agent_dir: str | None, rev: str | None) -> tupl
     if not (agent / CHECKPOINT).exists():
         raise UserError(f"no agent checkpoint in {agent}: run `dvc repro finetune_agent` (or `dvc pull`), "
                         "or point --agent at one")
-    own = agent / "tokenizer"  # a promoted policy carries its own tokenizer
-    tok = own if (own / CHECKPOINT).exists() else Path(cfg.tokenizer.out_dir)
+    tok = agent_tokenizer_dir(agent, cfg.tokenizer.out_dir)
     if not (tok / CHECKPOINT).exists():
         raise UserError(f"no tokenizer checkpoint in {tok}: run `dvc repro train_tokenizer` (or `dvc pull`)")
     return agent, tok
@@ -92,6 +92,8 @@ def run(cfg: Config, *, host: str = "127.0.0.1", port: int = 8765, fps: float = 
 def measure_play(make, agent: Path, *, host: str, port: int, fps: float, seconds: float, out: str,
                  screenshot: str | None = None) -> dict[str, Any]:
     """Serve in a thread, play ``seconds`` in headless chromium, write the page's figures."""
+    import torch
+
     from wm.atomic import write_json_atomic
     from wm.play.browser import measure
     from wm.play.server import serve
@@ -108,12 +110,7 @@ def measure_play(make, agent: Path, *, host: str, port: int, fps: float, seconds
         raise UserError("the play server did not start within 120 s")
     figures = measure(f"http://{host}:{bound[0]}/", seconds, screenshot)
     figures.update({"fps_cap": fps, "sampler_steps": make.world.steps,
-                    "checkpoint": str(agent), "cpu_threads": _threads(), "cores": os.cpu_count()})
+                    "checkpoint": str(agent), "cpu_threads": torch.get_num_threads(), "cores": os.cpu_count()})
     write_json_atomic(out, figures)
     return figures
 
-
-def _threads() -> int:
-    import torch
-
-    return torch.get_num_threads()

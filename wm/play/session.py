@@ -20,7 +20,6 @@ give the same frames (what the browser test checks).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,8 @@ import numpy as np
 import torch
 
 from wm.config import EnvConfig
+from wm.metrics import psnr
+from wm.models.dynamics import shift_actions
 from wm.world_model import Caches, WorldModel
 
 # browser key -> game button (the env's action map names buttons as stable-retro does)
@@ -48,7 +49,7 @@ class Frame:
     psnr: float | None
     t: int
     real_return: float
-    restarted: str = ""  # "game" / "moment" on the first frame after a restart
+    restarted: str = ""  # "game" / "moment" on the first frame after a restart, "game over" on the last
 
 
 def action_for(buttons: list[str], action_map: list[list[str]]) -> int:
@@ -65,9 +66,12 @@ def action_for(buttons: list[str], action_map: list[list[str]]) -> int:
     return table[frozenset()]
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float32) / 255.0 - b.astype(np.float32) / 255.0) ** 2))
-    return 99.0 if mse <= 1e-10 else 10.0 * math.log10(1.0 / mse)
+def frame_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR (dB) between two uint8 (H, W, 3) frames, as ``wm.metrics.psnr`` scores images."""
+    def to_image(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(x).permute(2, 0, 1)[None].float() / 255.0
+
+    return float(psnr(to_image(a), to_image(b))[0])
 
 
 class PlaySession:
@@ -120,11 +124,10 @@ class PlaySession:
             obs, _, _, _, _ = self.env.step(self.noop)
             frames.append(obs)
         self._real, self._real_return = frames[-1], 0.0
-        caches = self.world.new_caches()
-        z = self.world.encode(self._to_frames(np.stack(frames)), caches)
+        z = self.world.encode(self._to_frames(np.stack(frames)))
         prev = torch.tensor([[-1] + [self.noop] * (self.context - 1)], device=self.world.device)
         imagined = self._start(z, prev, seed)
-        return Frame(imagined, self._real, self.noop, None, None, psnr(imagined, self._real), 0, 0.0, "game")
+        return Frame(imagined, self._real, self.noop, None, None, frame_psnr(imagined, self._real), 0, 0.0, "game")
 
     def _load_moments(self, n: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
         from wm.data.shards import make_clip_loader
@@ -148,7 +151,7 @@ class PlaySession:
             self._moments = self._load_moments()
         z, actions = self._moments[index % len(self._moments)]
         z, actions = z.to(self.world.device), actions.to(self.world.device)
-        prev = torch.cat([torch.full_like(actions[:, :1], -1), actions[:, :-1]], 1)
+        prev = shift_actions(actions)
         self._real, self._real_return = None, 0.0
         imagined = self._start(z, prev, seed)
         return Frame(imagined, None, self.noop, None, None, None, 0, 0.0, "moment")
@@ -178,12 +181,11 @@ class PlaySession:
         if self._real is not None and self.env is not None:
             obs, r, terminated, truncated, _ = self.env.step(action)
             self._real_return += r
-            real, score = obs, psnr(imagined, obs)
+            real, score = obs, frame_psnr(imagined, obs)
             self._real = obs
             if terminated or truncated:
                 restarted = "game over"
-        frame = Frame(imagined, real, action, reward, cont, score, self._t, self._real_return, restarted)
-        return frame
+        return Frame(imagined, real, action, reward, cont, score, self._t, self._real_return, restarted)
 
     def close(self) -> None:
         if self.env is not None:

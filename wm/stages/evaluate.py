@@ -177,6 +177,7 @@ def shot_probes(cfg: Config, train_clips: int = 1500, val_clips: int = 2000) -> 
     import torch
 
     from wm.data.shards import make_clip_loader
+    from wm.models.dynamics import shift_actions
     from wm.probes import probe_scores, roc_auc
     from wm.training.distributed import compute_device
     from wm.world_model import WorldModel
@@ -208,7 +209,7 @@ def shot_probes(cfg: Config, train_clips: int = 1500, val_clips: int = 2000) -> 
     with torch.no_grad():
         for z, a in val:
             z, a = z.to(world.device), a.to(world.device)
-            prev = torch.cat([torch.full_like(a[:, :1], -1), a[:, :-1]], 1)
+            prev = shift_actions(a)
             caches = world.new_caches()
             world.observe(z[:, :ctx], prev[:, :ctx], caches.dynamics, gen)
             frames = [z[:, :ctx]]

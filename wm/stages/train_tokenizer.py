@@ -170,7 +170,6 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     loss_fn = TokenizerLoss(t, lpips_net)
     held_out = val_batches(cfg)
 
-
     def data_factory(info, skip: int):
         return tokenizer_batches(cfg, info, skip)
 
