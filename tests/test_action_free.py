@@ -47,13 +47,44 @@ def test_unlabelled_episodes_become_video_or_are_left_out(latents_cfg):
     assert episode_labels(cfg.latents.out_dir, "train", 1.0, 0, drop=True) is None  # all labelled: nothing changes
 
 
+def test_labelled_share_per_batch_is_fixed(latents_cfg):
+    """With 10 % of the episodes labelled, the dynamics still gets labelled clips in
+    1 - video_share of its batches (not in 10 % of its clips): each batch is all labelled
+    (labelled episodes only) or all action-free (the others only)."""
+    import dataclasses
+
+    from wm.stages.train_dynamics import batch_schedule
+    from wm.training.distributed import DistInfo
+
+    _, cfg = latents_cfg
+    dyn = dataclasses.replace(cfg.dynamics, labeled_frac=0.5, unlabeled="video", video_share=0.25,
+                              single_frame_frac=0.0, long_every=0)
+    cfg = dataclasses.replace(cfg, dynamics=dyn)
+    labels = episode_labels(cfg.latents.out_dir, "train", 0.5, dyn.train.seed, drop=True)
+    kinds = []
+    for _, b in zip(range(40), batch_schedule(cfg, DistInfo(), 0)):
+        episodes = {int(key[2:8]) for key in b["key"]}
+        free = set(b["action_free"].tolist())
+        assert len(free) == 1, "a batch mixes labelled and action-free clips"
+        assert (episodes <= labels.labeled) if free == {False} else not (episodes & labels.labeled)
+        kinds.append(free.pop())
+    assert 4 <= sum(kinds) <= 18  # ~25 % of 40 batches action-free (seeded draws)
+    dropped = dataclasses.replace(cfg, dynamics=dataclasses.replace(dyn, unlabeled="drop"))
+    assert not any(b["action_free"].any() for _, b in zip(range(10), batch_schedule(dropped, DistInfo(), 0)))
+
+
 def test_action_free_experiment_end_to_end(latents_cfg):
     from wm.stages.train_dynamics import run_action_free
 
     base, cfg = latents_cfg
     cwd = os.getcwd()
     os.chdir(base)
-    try:
+    try:  # one arm alone (as parallel processes run them): no summary until every arm is done
+        import dataclasses
+
+        run_action_free(dataclasses.replace(cfg, action_free=dataclasses.replace(cfg.action_free, arm="labeled_only")))
+        assert not (base / "data/metrics/action_free.json").exists()
+        assert sorted(p.name for p in (base / "action_free").iterdir()) == ["labeled_only"]
         out = run_action_free(cfg)
         saved = json.loads((base / "data/metrics/action_free.json").read_text())
     finally:

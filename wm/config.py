@@ -233,9 +233,10 @@ class ActionFreeConfig:
     the labelled share alone; the action effect of each on the same held-out clips."""
 
     labeled_frac: float = 0.1  # share of training episodes that keep their actions
-    steps: int = 600           # dynamics training steps per arm (from scratch)
+    steps: int = 2600          # dynamics training steps per arm (from scratch)
     eval_clips: int = 32       # held-out clips every arm is measured on
     out_dir: str = "data/action_free"
+    arm: str = ""              # train this arm only (several processes in parallel); '' = every arm
 
 
 @dataclass(frozen=True)

@@ -330,13 +330,17 @@ def _clip_offsets(length: int, clip_len: int, rng: np.random.Generator | None) -
 @dataclass(frozen=True)
 class EpisodeLabels:
     """Which episodes keep their actions: the others are treated as action-free video
-    (``drop=False``: ``action_free`` is set, so the dynamics sees its "no action" embedding and
-    no action or reward target reaches a loss) or left out (``drop=True``)."""
+    (``action_free`` is set, so the dynamics sees its "no action" embedding and no action or
+    reward target reaches a loss). ``drop`` leaves them out; ``video_only`` reads only them
+    (the action-free stream that the dynamics mixes with the labelled one at a fixed share)."""
 
     labeled: frozenset[int]
     drop: bool = False
+    video_only: bool = False
 
     def keep(self, episode: int) -> bool:
+        if self.video_only:
+            return episode not in self.labeled
         return not self.drop or episode in self.labeled
 
     def action_free(self, episode: int) -> bool:

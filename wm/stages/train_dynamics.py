@@ -13,6 +13,7 @@ frame; the training mean frame) and mostly over the first 4 frames, where the ac
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from PIL import Image
 from wm.atomic import write_bytes_atomic, write_json_atomic
 from wm.config import Config, to_dict
 from wm.errors import ConfigValueError
-from wm.data.shards import (episode_labels, has_clips, make_clip_loader, mixed_batches, train_batches,
+from wm.data.shards import (EpisodeLabels, episode_labels, has_clips, make_clip_loader, mixed_batches, train_batches,
                             video_latents_dir)
 from wm.models.dynamics import Dynamics, shift_actions
 from wm.models.tokenizer import Tokenizer
@@ -59,18 +60,30 @@ def batch_schedule(cfg: Config, info: Any, skip: int):
     dyn, tr = cfg.dynamics, cfg.dynamics.train
     if dyn.unlabeled not in ("video", "drop"):
         raise ConfigValueError(f"dynamics.unlabeled must be 'video' or 'drop', got '{dyn.unlabeled}'")
-    labels = episode_labels(cfg.latents.out_dir, "train", dyn.labeled_frac, tr.seed, dyn.unlabeled == "drop")
-    short = train_batches(cfg.latents.out_dir, tr, info, cfg.data.shuffle_buffer, clip_len=dyn.short_len,
-                          labels=labels)
-    long = train_batches(cfg.latents.out_dir, tr, info, cfg.data.shuffle_buffer, clip_len=dyn.long_len,
-                         batch_size=dyn.long_batch_size, labels=labels)
-    videos = video_latents_dir(cfg)  # action-free videos, at their share of the batches of each length
-    if dyn.video_share > 0 and has_clips(videos, "train", dyn.short_len):
-        short = mixed_batches(short, train_batches(videos, tr, info, cfg.data.shuffle_buffer, clip_len=dyn.short_len),
-                              dyn.video_share, tr.seed)
-    if dyn.video_share > 0 and has_clips(videos, "train", dyn.long_len):
-        long = mixed_batches(long, train_batches(videos, tr, info, cfg.data.shuffle_buffer, clip_len=dyn.long_len,
-                                                 batch_size=dyn.long_batch_size), dyn.video_share, tr.seed + 1)
+    labels = episode_labels(cfg.latents.out_dir, "train", dyn.labeled_frac, tr.seed, True)
+    videos = video_latents_dir(cfg)
+
+    def batches(root: Any, clip_len: int, batch_size: int, labels: EpisodeLabels | None = None):
+        return train_batches(root, tr, info, cfg.data.shuffle_buffer, clip_len=clip_len, batch_size=batch_size,
+                             labels=labels)
+
+    streams = {}
+    for i, (kind, clip_len, batch_size) in enumerate((("short", dyn.short_len, tr.batch_size),
+                                                      ("long", dyn.long_len, dyn.long_batch_size))):
+        # labelled clips (every clip when labeled_frac is 1) and, at ``video_share`` of the
+        # batches, action-free ones: the unlabelled episodes (unlabeled=video) and imported
+        # videos. A fixed share per batch: the action signal does not shrink with the labelled share.
+        video = []
+        if dyn.video_share > 0 and labels is not None and dyn.unlabeled == "video":
+            video.append(batches(cfg.latents.out_dir, clip_len, batch_size, dataclasses.replace(labels, video_only=True)))
+        if dyn.video_share > 0 and has_clips(videos, "train", clip_len):
+            video.append(batches(videos, clip_len, batch_size))
+        stream = batches(cfg.latents.out_dir, clip_len, batch_size, labels)
+        if video:
+            side = video[0] if len(video) == 1 else mixed_batches(video[0], video[1], 0.5, tr.seed + 10 + i)
+            stream = mixed_batches(stream, side, dyn.video_share, tr.seed + i)
+        streams[kind] = stream
+    short, long = streams["short"], streams["long"]
     pick = np.random.default_rng([tr.seed, 99])
     for step in itertools.count():
         kind = batch_kind(tr.seed, step, cfg)
@@ -262,7 +275,6 @@ def run_action_free(cfg: Config) -> dict[str, Any]:
     and the open-loop PSNR over the whole horizon. Each arm trains in its own directory under
     ``action_free.out_dir``; an arm that finished is kept and not retrained if the run is
     interrupted and started again (an unfinished one resumes from its last checkpoint)."""
-    import dataclasses
     import json
     import os
 
@@ -283,12 +295,18 @@ def run_action_free(cfg: Config) -> dict[str, Any]:
                            "labeled_episodes": len(labels.labeled) if labels else len(episodes),
                            "train_episodes": len(episodes),
                            "labeled_frame_frac": labeled_frames / max(1, sum(e["length"] for e in episodes))}
-    start, cwd = time.perf_counter(), os.getcwd()
+    names = [name for name, _, _ in ACTION_FREE_ARMS]
+    if af.arm and af.arm not in names:
+        raise ConfigValueError(f"action_free.arm must be one of {names} or '', got '{af.arm}'")
+    cwd, left, walls = os.getcwd(), [], {}
     for name, frac, rest in ACTION_FREE_ARMS:
         arm_dir = root / name
         done = arm_dir / METRICS_PATH
         if done.exists():
             metrics = json.loads(done.read_text())
+        elif af.arm and af.arm != name:
+            left.append(name)
+            continue
         else:
             train = dataclasses.replace(dyn.train, steps=af.steps, eval_every=af.steps,
                                         ckpt_every=min(dyn.train.ckpt_every, af.steps))
@@ -301,12 +319,16 @@ def run_action_free(cfg: Config) -> dict[str, Any]:
                 metrics = run(arm, resume=(arm_dir / "checkpoint" / CHECKPOINT).exists())
             finally:
                 os.chdir(cwd)
+        walls[name] = metrics["wall_s"]
         out[f"gap/{name}"] = metrics[f"psnr_h4/k{k}"] - metrics[f"psnr_h4/k{k}_shuffled_actions"]
         out[f"psnr_h4/k{k}/{name}"] = metrics[f"psnr_h4/k{k}"]
         out[f"psnr_h{h}/k{k}/{name}"] = metrics[f"psnr_h{h}/k{k}"]
         out[f"psnr_h{h}/k{k}_shuffled_actions/{name}"] = metrics[f"psnr_h{h}/k{k}_shuffled_actions"]
+    if left:  # another process trains these: the summary is written once every arm is done
+        print(f"action-free: arm {af.arm} done; {', '.join(left)} still to train (the summary waits for them)")
+        return out
     out[f"psnr_h{h}/repeat_last"] = metrics[f"psnr_h{h}/repeat_last"]
     out["gap_ratio/labeled_plus_video"] = out["gap/labeled_plus_video"] / out["gap/full"] if out["gap/full"] else None
-    out["wall_s"] = round(time.perf_counter() - start, 1)
+    out["wall_s"] = round(sum(walls.values()), 1)  # each arm's training + evaluation, however they were run
     write_json_atomic(ACTION_FREE_METRICS, out)
     return out
