@@ -100,6 +100,16 @@ def test_real_and_imagined_envs_pass_the_same_api_test(debug_cfg):
             manual.extend(r.tolist())
             assert ((info["continue"] > 0) & (info["continue"] < 1)).all()
     assert len(set(manual)) > 1
-    assert imagined_reward_rate(imagined, act, [7, 8]) == pytest.approx(sum(manual) / len(manual), rel=1e-6)
+    assert imagined_reward_rate(imagined, act, [7, 8])["reward"] == pytest.approx(sum(manual) / len(manual), rel=1e-6)
+    # kills: the scorer sees (previous latents, new latents) of every step; a constant scorer gives its constant
+    seen = []
+
+    def kill_prob(pairs):
+        seen.append(pairs.shape)
+        return torch.full((pairs.shape[0],), 0.25)
+
+    rates = imagined_reward_rate(imagined, act, [7], kill_prob)
+    assert rates["kills"] == pytest.approx(0.25) and len(seen) == imagined.max_steps
+    assert seen[0][:2] == (imagined.num_envs, 2)
     with pytest.raises(ValueError, match="at least one seed"):
         imagined_reward_rate(imagined, act, [])

@@ -51,9 +51,11 @@ def test_debug_dvc_pipeline_end_to_end(tmp_path):
     for key in ("return/random", "return/bc", "return/pmpo", "ci95/random", "ci95/bc", "ci95/pmpo", "episodes",
                 "fire_rate/random", "fire_rate/never_fire", "fire_rate/fire_every_2", "return/aim_fire_every_2",
                 "reward_per_step/imagined/aim_fire_every_2", "reward_per_step/real/aim_fire_every_2",
-                "shot_probe_auc/real/lag1", "shot_probe_auc/imagined/lag8", "shot_probe_rows"):
+                "shot_probe_auc/real/lag1", "shot_probe_auc/imagined/lag8", "shot_probe_rows",
+                "kills_per_step/real/never_fire", "kills_per_step/imagined/never_fire", "kill_probe/pred_per_step"):
         assert key in ev, key
     assert ev["fire_rate/never_fire"] == 0.0 and 0.5 <= ev["fire_rate/fire_every_2"] < 0.55
+    assert ev["kills_per_step/real/never_fire"] == 0.0  # no shot, no kill (a kill is a step with reward > 0)
     assert 0.5 <= ev["fire_rate/aim_fire_every_2"] < 0.55  # it aims, and fires on the same schedule
     assert (repo / "data/eval/returns.png").exists() and (repo / "data/eval/pmpo_episode.gif").exists()
     print(f"debug dvc exp run (all stages): {elapsed:.1f}s")

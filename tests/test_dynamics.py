@@ -254,3 +254,15 @@ def test_rollout_psnr_pools_the_error_over_clips():
     pred[1] += 0.1
     got = _psnr_by_step(pred, real)
     assert got.shape == (1,) and got.item() == pytest.approx(-10 * math.log10(0.005), abs=1e-4)
+
+
+def test_event_frames_mark_the_frames_after_a_kill_or_a_lost_life():
+    from wm.objectives.shortcut import event_frames
+
+    rewards = torch.zeros(2, 8)
+    continues = torch.ones(2, 8)
+    rewards[0, 1] = 20.0   # the transition after frame 1: the kill shows in frames 2, 3, 4
+    continues[1, 5] = 0.0  # a life lost into frame 6: frames 6, 7
+    got = event_frames({"rewards": rewards, "continues": continues}, span=3)
+    assert got[0].tolist() == [False, False, True, True, True, False, False, False]
+    assert got[1].tolist() == [False] * 6 + [True, True]

@@ -171,6 +171,7 @@ class DynamicsConfig:
     out_dir: str
     context_frac: float = 0.0  # share of training frames drawn at the sampler's context level (paper: 0)
     forcing_frac: float = 0.0  # share of clips drawn as next-frame prediction (context | pure noise) (paper: 0)
+    event_weight: float = 0.0  # extra loss weight on frames within 3 steps after a kill or a lost life (0: off)
     pack: int = 1              # tokenizer latents per spatial token (the paper's S_z = n_latents / pack)
     prev_input: bool = False   # each latent token also sees the previous frame's latent at its slot (paper: no)
     labeled_frac: float = 1.0  # share of training episodes that keep their actions (the action-free experiment)

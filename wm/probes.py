@@ -10,6 +10,8 @@ finds the event and one on latents does not, the tokenizer dropped it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -44,10 +46,12 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(precision[hits].mean())
 
 
-def probe_scores(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, *, hidden: int = 128,
-                 steps: int = 600, batch: int = 256, lr: float = 1e-3, seed: int = 0) -> np.ndarray:
-    """Fit an MLP probe on (x_train (N, F), y_train (N,) in {0, 1}); logits for x_val (M,).
-    Inputs may be uint8 (pixels): batches are converted to float as they are drawn."""
+def fit_probe(x_train: torch.Tensor, y_train: torch.Tensor, *, hidden: int = 128, steps: int = 600,
+              batch: int = 256, lr: float = 1e-3, seed: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Fit an MLP probe on (x_train (N, F), y_train (N,) in {0, 1}) -> a function from inputs
+    (M, F) to logits (M,) (no gradient). Inputs may be uint8 (pixels): batches are converted
+    to float as they are drawn. Binary cross-entropy makes sigmoid(logit) a probability that
+    matches the training rate on average (what `kills_per_step` in evaluation relies on)."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     sample = x_train[torch.randperm(len(x_train), generator=gen)[:4096]].float()
@@ -62,6 +66,19 @@ def probe_scores(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tens
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    with torch.no_grad():
-        out = [net((x_val[i : i + 1024].float() - mean) / std).squeeze(-1) for i in range(0, len(x_val), 1024)]
-    return torch.cat(out).numpy()
+    net.requires_grad_(False)
+
+    @torch.no_grad()
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        m, sd = mean.to(x.device), std.to(x.device)
+        net.to(x.device)
+        return torch.cat([net((x[i : i + 1024].float() - m) / sd).squeeze(-1) for i in range(0, len(x), 1024)])
+
+    return logits
+
+
+def probe_scores(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, *, hidden: int = 128,
+                 steps: int = 600, batch: int = 256, lr: float = 1e-3, seed: int = 0) -> np.ndarray:
+    """Fit an MLP probe on (x_train (N, F), y_train (N,) in {0, 1}); logits for x_val (M,)."""
+    probe = fit_probe(x_train, y_train, hidden=hidden, steps=steps, batch=batch, lr=lr, seed=seed)
+    return probe(x_val).cpu().numpy()

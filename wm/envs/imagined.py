@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wm.models.dynamics import shift_actions
 from wm.world_model import Caches, WorldModel
 
 
@@ -49,7 +50,7 @@ class ImaginedEnv:
         ctx = self.contexts(0 if seed is None else seed)
         z = ctx["latents"].to(self.device).float()[: self.num_envs]
         actions = ctx["actions"].to(self.device)[: self.num_envs]
-        prev = torch.cat([torch.full_like(actions[:, :1], -1), actions[:, :-1]], dim=1)
+        prev = shift_actions(actions)
         self._caches = self.world.new_caches()
         feat = self.world.observe(z, prev, self._caches.dynamics, self._gen)
         self._t = 0
@@ -78,19 +79,26 @@ class ImaginedEnv:
 
 @torch.no_grad()
 def imagined_reward_rate(env: ImaginedEnv, act: Callable[[dict[str, Any], int], torch.Tensor],
-                         seeds: Iterable[int]) -> float:
+                         seeds: Iterable[int], kill_prob: Callable[[torch.Tensor], torch.Tensor] | None = None
+                         ) -> dict[str, float]:
     """Mean reward per step the world model predicts for a policy ``act(info, t) -> actions``
     (``info["features"]``: the agent features; ``info["frames"]``: the decoded frames)
-    over ``len(seeds)`` batches of ``env.num_envs`` imagined episodes of ``env.max_steps`` steps.
-    Read beside the same policy's real reward per step: the gap says how well imagination, where
-    the policy learns, prices what it does."""
-    total, steps = 0.0, 0
+    over ``len(seeds)`` batches of ``env.num_envs`` imagined episodes of ``env.max_steps`` steps:
+    ``{"reward": ...}``. Read beside the same policy's real reward per step: the gap says how
+    well imagination, where the policy learns, prices what it does. With ``kill_prob`` (a
+    function of the latent pairs (N, 2, L, dz) -- previous frame, this frame -- to P(a kill in
+    this transition)), also ``"kills"``: the expected kills per step in the generated frames,
+    a figure that does not go through the reward head."""
+    total, kills, steps = 0.0, 0.0, 0
     for seed in seeds:
         _, info = env.reset(seed=seed)
         for t in range(env.max_steps):
+            z_prev = info["latents"]
             _, reward, _, _, info = env.step(act(info, t))
             total += float(np.sum(reward))
+            if kill_prob is not None:
+                kills += float(kill_prob(torch.stack([z_prev, info["latents"]], 1)).sum())
             steps += env.num_envs
     if steps == 0:
         raise ValueError("imagined_reward_rate needs at least one seed and one step")
-    return total / steps
+    return {"reward": total / steps, **({"kills": kills / steps} if kill_prob is not None else {})}

@@ -124,11 +124,27 @@ def shortcut_terms(model: nn.Module, z1: torch.Tensor, z0: torch.Tensor, tau: to
     return err, is_flow, boot
 
 
+def event_frames(batch: dict[str, torch.Tensor], span: int = 3) -> torch.Tensor:
+    """(B, T) bool: frame t shows the first ``span`` frames after a kill (reward > 0) or a lost
+    life (continuation < 1) in the transition into one of frames t - span + 1 .. t. ``rewards[t]``
+    and ``continues[t]`` belong to the transition after frame t (into t + 1)."""
+    event = batch["rewards"].float() > 0
+    if "continues" in batch:
+        event = event | (batch["continues"].float() < 1)
+    into = torch.cat([torch.zeros_like(event[:, :1]), event[:, :-1]], 1)  # the transition into frame t
+    out = into.clone()
+    for k in range(1, span):
+        out[:, k:] |= into[:, :-k]
+    return out
+
+
 class ShortcutLoss(nn.Module):
     """``(model, batch) -> (loss, logs)`` for batches of latent clips."""
 
-    def __init__(self, k_max: int, context_frac: float = 0.0, ctx_noise: float = 0.1, forcing_frac: float = 0.0):
+    def __init__(self, k_max: int, context_frac: float = 0.0, ctx_noise: float = 0.1, forcing_frac: float = 0.0,
+                 event_weight: float = 0.0):
         super().__init__()
+        self.event_weight = event_weight
         self.k_max = k_max
         self.d_min = 1.0 / k_max
         self.context_frac = context_frac
@@ -137,7 +153,7 @@ class ShortcutLoss(nn.Module):
 
     @classmethod
     def from_config(cls, dyn: DynamicsConfig) -> ShortcutLoss:
-        return cls(dyn.k_max, dyn.context_frac, dyn.ctx_noise, dyn.forcing_frac)
+        return cls(dyn.k_max, dyn.context_frac, dyn.ctx_noise, dyn.forcing_frac, dyn.event_weight)
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         z1 = batch["latents"].float()  # (B, T, L, dz)
@@ -151,6 +167,8 @@ class ShortcutLoss(nn.Module):
         tau, d, weight = forcing_rows(tau, d, self.forcing_frac, self.tau_ctx, self.k_max)
         z0 = torch.randn_like(z1)
         err, is_flow, boot = shortcut_terms(model, z1, z0, tau, d, prev, self.d_min)
+        if self.event_weight > 0 and "rewards" in batch:
+            weight = weight * (1 + self.event_weight * event_frames(batch).to(weight.dtype))
         loss = (weight * err).mean()
         logs = {"dynamics/train/loss": loss.item(), "dynamics/train/clip_len": float(t)}
         if is_flow.any():

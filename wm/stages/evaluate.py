@@ -14,7 +14,10 @@ checkpoint's frozen transformer and reward head, ``eval.imagined_episodes`` epis
 ``rl.horizon`` steps from held-out latent contexts), and the reward per step they earn there is
 written beside their real reward per step (plot: ``data/eval/reward_per_step.png``). Imagination
 RL can only improve the real return as far as imagination prices the policies as the game does;
-these figures show where it does not.
+these figures show where it does not. Beside them, kills per step (``kills_per_step/{real,
+imagined}/<policy>``): counted in the game, and in imagination read from the generated latents
+by a kill probe fitted on real ones (``kill_probe``), so the world model's own answer to "does
+this policy kill more?" is seen apart from the reward head's.
 """
 
 from __future__ import annotations
@@ -59,12 +62,13 @@ def _init(env_cfg: EnvConfig, policy: str, tokenizer_dir: str) -> None:
                                    action_map=env_cfg.action_map, fire=tuple(env_cfg.tap_buttons))
 
 
-def _episode(seed: int) -> tuple[int, float, int, int]:
-    """(seed, return, length, steps whose action fires)."""
+def _episode(seed: int) -> tuple[int, float, int, int, int]:
+    """(seed, return, length, steps whose action fires, steps that kill (reward > 0))."""
     from wm.envs.rollout import play_episode
 
     ep = play_episode(_STATE["env"], _STATE["policy"], seed)
-    return seed, ep.ret, len(ep), int(np.isin(np.asarray(ep.actions), _STATE["fire_ids"]).sum())
+    return (seed, ep.ret, len(ep), int(np.isin(np.asarray(ep.actions), _STATE["fire_ids"]).sum()),
+            int((np.asarray(ep.rewards) > 0).sum()))
 
 
 def play(env_cfg: EnvConfig, policy: str, seeds: list[int], workers: int, tokenizer_dir: str) -> list[tuple]:
@@ -107,8 +111,47 @@ def record_gif(env_cfg: EnvConfig, policy: str, seed: int, tokenizer_dir: str, p
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=66, loop=0)
 
 
-def imagined_rates(cfg: Config) -> dict[str, float]:
-    """Reward per step of the random, BC, PMPO and scripted policies inside the world model."""
+def kill_probe(cfg: Config, train_rows: int = 40000) -> tuple[Any, dict[str, float]]:
+    """A latent kill detector that does not go through the reward head: an MLP probe for "a
+    kill in the transition into t" from the latent pair (z_{t-1}, z_t), fitted on real train
+    latents (binary cross-entropy: its mean probability matches the training kill rate).
+    -> (P(kill) of pairs (N, 2, L, dz), its held-out AUC and calibration)."""
+    import itertools
+
+    import torch
+
+    from wm.data.shards import make_clip_loader
+    from wm.probes import fit_probe, roc_auc
+
+    def pairs(split: str, rows: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        loader = make_clip_loader(cfg.latents.out_dir, split, 16, 32, shuffle=split == "train", seed=cfg.eval.seed,
+                                  infinite=split == "train")
+        xs, ys, n = [], [], 0
+        for b in loader if rows is None else itertools.islice(loader, -(-rows // (32 * 15))):
+            z = b["latents"].float()
+            xs.append(torch.stack([z[:, :-1], z[:, 1:]], 2).flatten(0, 1))
+            ys.append((b["rewards"][:, :-1] > 0).flatten())
+            n += len(ys[-1])
+        return torch.cat(xs), torch.cat(ys)
+
+    x_train, y_train = pairs("train", train_rows)
+    logits = fit_probe(x_train.flatten(1), y_train, steps=2 * cfg.agent.probe_steps, seed=cfg.eval.seed)
+
+    def prob(x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits(x.flatten(1).float()))
+
+    x_val, y_val = pairs("val", None)
+    p_val = prob(x_val).cpu().numpy()
+    auc = roc_auc(p_val, y_val.numpy())  # nan where the held-out split holds no kill (tiny runs)
+    stats = {"kill_probe/auc": auc if math.isfinite(auc) else None, "kill_probe/pred_per_step": float(p_val.mean()),
+             "kill_probe/data_per_step": float(y_val.float().mean())}
+    return prob, stats
+
+
+def imagined_rates(cfg: Config) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Reward and kills per step of the random, BC, PMPO and scripted policies inside the world
+    model: the reward from the PMPO checkpoint's reward head, the kills from ``kill_probe`` on
+    the generated latents. -> (per policy {"reward", "kills"}, the probe's held-out figures)."""
     import torch
 
     from wm.data.shards import make_clip_loader
@@ -153,6 +196,7 @@ def imagined_rates(cfg: Config) -> dict[str, float]:
             "bc": sampled(bc.agent.policy_logits), "pmpo": sampled(world.agent.policy_logits),
             **{name: scripted(name) for name in SCRIPTED}}
     seeds = [e.seed + i for i in range(math.ceil(e.imagined_episodes / r.num_envs))]
+    kill_prob, probe_stats = kill_probe(cfg)
     rates = {}
     for name, act in acts.items():  # identical contexts and noise for every policy
         contexts = iter(make_clip_loader(cfg.latents.out_dir, "val", r.context, r.num_envs, shuffle=False,
@@ -160,8 +204,8 @@ def imagined_rates(cfg: Config) -> dict[str, float]:
         model = seeing if name.startswith("aim_") else world
         env = ImaginedEnv(model, lambda _seed: next(contexts), r.num_envs, max_steps=r.horizon)
         gen.manual_seed(e.seed)
-        rates[name] = imagined_reward_rate(env, act, seeds)
-    return rates
+        rates[name] = imagined_reward_rate(env, act, seeds, kill_prob)
+    return rates, probe_stats
 
 
 SHOT_LAGS = (1, 4, 8)
@@ -252,19 +296,23 @@ def run(cfg: Config) -> dict[str, Any]:
         metrics[f"length/{name}"] = float(np.mean(lengths))
         metrics[f"fire_rate/{name}"] = float(sum(r[3] for r in rows) / max(np.sum(lengths), 1))
         metrics[f"reward_per_step/real/{name}"] = float(np.sum(returns) / max(np.sum(lengths), 1))
+        metrics[f"kills_per_step/real/{name}"] = float(sum(r[4] for r in rows) / max(np.sum(lengths), 1))
     # the plot is a declared DVC output: written with the real bars alone when the check is off
-    imagined = imagined_rates(cfg) if e.imagined_episodes > 0 else {}
+    imagined: dict[str, dict[str, float]] = {}
     if e.imagined_episodes > 0:
+        imagined, probe_stats = imagined_rates(cfg)
+        metrics.update(probe_stats)
         metrics.update(shot_probes(cfg))
     rates: dict[str, dict[str, float]] = {}
     for name in policies:
         rates[f"{name} real"] = {"mean": metrics[f"reward_per_step/real/{name}"], "ci95": float("nan")}
         if name in imagined:
-            metrics[f"reward_per_step/imagined/{name}"] = imagined[name]
-            rates[f"{name} imag."] = {"mean": imagined[name], "ci95": float("nan")}
+            metrics[f"reward_per_step/imagined/{name}"] = imagined[name]["reward"]
+            metrics[f"kills_per_step/imagined/{name}"] = imagined[name]["kills"]
+            rates[f"{name} imag."] = {"mean": imagined[name]["reward"], "ci95": float("nan")}
             real = metrics[f"reward_per_step/real/{name}"]
             # no ratio where the game pays nothing (never_fire): the imagined rate says it alone
-            metrics[f"imagined_over_real/{name}"] = imagined[name] / real if real > 0 else None
+            metrics[f"imagined_over_real/{name}"] = imagined[name]["reward"] / real if real > 0 else None
     bar_plot(rates, RATE_PLOT_PATH, "reward per step: real game vs inside the world model", ".3f")
     bar_plot(results, PLOT_PATH)
     record_gif(cfg.env, policies["pmpo"], seeds[0], cfg.tokenizer.out_dir, VIDEO_PATH, e.video_frames)
