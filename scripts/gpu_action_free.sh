@@ -18,15 +18,8 @@ MAX_STEPS=${MAX_STEPS:-8000}
 PROBE_STEPS=${PROBE_STEPS:-150}
 EXTRA=${EXTRA:-}                # more overrides, e.g. action_free.eval_clips=2 for a smoke run
 export OUT
-mkdir -p "$OUT/logs"
-export PYTHONUNBUFFERED=1 WANDB_MODE=disabled TQDM_MININTERVAL=20
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/wm-site .whl/*.whl \
-    && export PYTHONPATH=/tmp/wm-site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
-python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/device.txt"
+TQDM_MININTERVAL=${TQDM_MININTERVAL:-20}
+source "$(dirname "$0")/gpu_env.sh"
 DATA="latents.out_dir=data/latents shard.out_dir=.gpu/shards tokenizer.out_dir=.gpu/tokenizer dynamics.train.threads=4 $EXTRA"
 ARMS="full labeled_plus_video labeled_only"
 arms() {  # arms DIR STEPS LOGTAG: the three arms in parallel; returns when all are done

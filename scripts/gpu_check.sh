@@ -22,13 +22,7 @@ TOK_EXTRA=${TOK_EXTRA:-"tokenizer.lpips_net=none tokenizer.lpips_weight=0.0"}
 # the committed default data are chunked in 64 frames: the gpu preset's 128-frame long phase needs
 # the gpu preset's own collection, so the short run trains the long phase on 64
 DYN_EXTRA=${DYN_EXTRA:-"dynamics.long_len=64"}
-mkdir -p "$OUT/logs"
-export PYTHONUNBUFFERED=1 WANDB_MODE=disabled TQDM_MININTERVAL=10
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/wm-site .whl/*.whl \
-    && export PYTHONPATH=/tmp/wm-site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+source "$(dirname "$0")/gpu_env.sh"
 WM="python3 -m wm.cli"
 step() {  # step NAME SECONDS CMD...: time-limited, logged, never fatal
   local name=$1 secs=$2; shift 2
@@ -39,10 +33,6 @@ step() {  # step NAME SECONDS CMD...: time-limited, logged, never fatal
   echo "$name rc=$rc wall_s=$((SECONDS - t0))" | tee -a "$OUT/steps.txt"
   tail -n 4 "$OUT/logs/$name.log"
 }
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-  python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, \
-'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"; } | tee "$OUT/device.txt"
-
 step gpu_tests 60 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/test_gpu.py
 # every training stage at debug sizes on the GPU (placement: models, latents and generators on
 # one device), imagination RL included; the emulator stages (collect, evaluate) cannot run there
