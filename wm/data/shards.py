@@ -477,6 +477,12 @@ class ClipLoader:
         return self.batches
 
 
+def count_clips(shard_dir: str | Path, split: str, clip_len: int) -> int:
+    """Whole non-overlapping clips of ``clip_len`` frames in the split's chunks (the manifest's count)."""
+    entries = read_manifest(shard_dir)["splits"][split]["shards"]
+    return sum(n // clip_len for e in entries for n in e["chunk_lengths"])
+
+
 def make_clip_loader(
     shard_dir: str | Path,
     split: str,
@@ -497,8 +503,7 @@ def make_clip_loader(
     batches on every rank (computed from the manifest); infinite ones never stop."""
     paths = shard_paths(shard_dir, split, verify=verify)
     entries = read_manifest(shard_dir)["splits"][split]["shards"]
-    lengths = [n for e in entries for n in e["chunk_lengths"]]
-    total_clips = sum(n // clip_len for n in lengths)
+    total_clips = count_clips(shard_dir, split, clip_len)
     if total_clips == 0:
         raise ConfigValueError(f"no {split} chunk in {shard_dir} is as long as clip_len={clip_len}")
     batches = None if infinite else total_clips // (world_size * batch_size)

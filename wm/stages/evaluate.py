@@ -120,11 +120,12 @@ def kill_probe(cfg: Config, train_rows: int = 40000) -> tuple[Any, dict[str, flo
 
     import torch
 
-    from wm.data.shards import make_clip_loader
+    from wm.data.shards import count_clips, make_clip_loader
     from wm.probes import fit_probe, roc_auc
 
     def pairs(split: str, rows: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        loader = make_clip_loader(cfg.latents.out_dir, split, 16, 32, shuffle=split == "train", seed=cfg.eval.seed,
+        batch = 32 if split == "train" else min(32, count_clips(cfg.latents.out_dir, split, 16))  # a small val split
+        loader = make_clip_loader(cfg.latents.out_dir, split, 16, batch, shuffle=split == "train", seed=cfg.eval.seed,
                                   infinite=split == "train")
         xs, ys, n = [], [], 0
         for b in loader if rows is None else itertools.islice(loader, -(-rows // (32 * 15))):
