@@ -45,9 +45,9 @@ t1=$SECONDS
 arms data/action_free "$STEPS" run && python3 -m wm.cli action-free $DATA action_free.steps="$STEPS" >"$OUT/logs/summary.log" 2>&1
 echo "arms rc=$? wall_s=$((SECONDS - t1))" | tee -a "$OUT/steps.txt"
 cp data/metrics/action_free.json "$OUT/" 2>/dev/null
-python3 - <<'EOF'
+ARMS=$ARMS python3 - <<'EOF'
 import os, torch
-for arm in "full labeled_plus_video labeled_only".split():
+for arm in os.environ["ARMS"].split():
     c = torch.load(f"data/action_free/{arm}/checkpoint/checkpoint.pt", map_location="cpu", weights_only=False)
     c.pop("optimizer", None)  # weights, config and step: what evaluation and `dvc commit` need
     torch.save(c, os.path.join(os.environ["OUT"], f"ckpt_{arm}.pt"))

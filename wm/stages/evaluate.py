@@ -127,12 +127,11 @@ def kill_probe(cfg: Config, train_rows: int = 40000) -> tuple[Any, dict[str, flo
         batch = 32 if split == "train" else min(32, count_clips(cfg.latents.out_dir, split, 16))  # a small val split
         loader = make_clip_loader(cfg.latents.out_dir, split, 16, batch, shuffle=split == "train", seed=cfg.eval.seed,
                                   infinite=split == "train")
-        xs, ys, n = [], [], 0
-        for b in loader if rows is None else itertools.islice(loader, -(-rows // (32 * 15))):
+        xs, ys = [], []
+        for b in loader if rows is None else itertools.islice(loader, -(-rows // (batch * 15))):
             z = b["latents"].float()
             xs.append(torch.stack([z[:, :-1], z[:, 1:]], 2).flatten(0, 1))
             ys.append((b["rewards"][:, :-1] > 0).flatten())
-            n += len(ys[-1])
         return torch.cat(xs), torch.cat(ys)
 
     x_train, y_train = pairs("train", train_rows)
