@@ -90,7 +90,7 @@ def test_real_and_imagined_envs_pass_the_same_api_test(debug_cfg):
     # the reward rate is the mean of the rewards the env returns for those seeds and actions
     from wm.envs.imagined import imagined_reward_rate
 
-    torch.nn.init.normal_(agent.reward_head[-1].weight)  # zero-initialised: give it something to say
+    torch.nn.init.normal_(agent.frame_reward_head[-1].weight)  # zero-initialised: give it something to say
     act = lambda info, t: (torch.arange(info["features"].shape[0]) + t) % n_actions  # noqa: E731
     manual = []
     for seed in (7, 8):
@@ -113,3 +113,38 @@ def test_real_and_imagined_envs_pass_the_same_api_test(debug_cfg):
     assert seen[0][:2] == (imagined.num_envs, 2)
     with pytest.raises(ValueError, match="at least one seed"):
         imagined_reward_rate(imagined, act, [])
+
+
+def test_frame_reward_head_reads_the_frames_latents(debug_cfg):
+    """A reward the agent features cannot see but this frame's latents show (an "explosion" in
+    one latent, 1 step in ~16): the frame reward head fitted by ``fit_heads`` ranks it and prices
+    it at the data's rate on held-out rows; and it reads the latents in the order (previous, this)."""
+    from wm.objectives.twohot import make_bins, twohot_decode
+    from wm.training.heads import fit_heads, head_metrics
+
+    torch.manual_seed(0)
+    dyn = Dynamics(debug_cfg.dynamics, n_actions=4, n_latents=4, latent_dim=3)
+    agent = Agent(dyn, n_tasks=1, mtp=2, bins=41)
+    dim = debug_cfg.dynamics.model.dim
+
+    def rows(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        feat, z_prev, z = torch.randn(n, dim, generator=g), torch.randn(n, 4, 3, generator=g), torch.randn(n, 4, 3, generator=g)
+        reward = (z[:, 2, 1] > 1.55).float() * 20  # ~6 % of rows
+        return {"feat": feat, "frame": agent.frame_input(feat, z_prev, z), "reward": reward,
+                "cont": torch.ones(n), "z_prev": z_prev, "z": z}
+
+    train, val = rows(20000, 1), rows(8000, 2)
+    logs = fit_heads(agent, train, steps=600, batch=512, lr=1e-3)
+    assert 0 < logs["heads/step_kept"] <= 600 and logs["heads/held_rows"] == 2000  # every 10th row's clip
+    m = head_metrics(agent, val)
+    assert m["reward/auc"] > 0.95
+    assert abs(m["reward/pred_per_step"] / m["reward/data_per_step"] - 1) < 0.25
+    # swapped frames: the event is read from the later one only
+    bins = make_bins(41)
+    x_swapped = agent.frame_input(val["feat"], val["z"], val["z_prev"])
+    with torch.no_grad():
+        swapped = twohot_decode(agent.frame_reward_logits(x_swapped), bins)
+        straight = twohot_decode(agent.frame_reward_logits(val["frame"]), bins)
+    hit = val["reward"] > 0
+    assert straight[hit].mean() > 3 * swapped[hit].mean()

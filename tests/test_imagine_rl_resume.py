@@ -25,7 +25,7 @@ def rl_setup(debug_data, debug_raw, tmp_path_factory):
     init_tokenizer_and_latents(base, cfg)
     dyn = Dynamics(cfg.dynamics, len(cfg.env.action_map), cfg.tokenizer.n_latents, cfg.tokenizer.latent_dim)
     agent = Agent(dyn, n_tasks=1, mtp=cfg.agent.mtp, bins=cfg.agent.bins)
-    torch.nn.init.normal_(agent.reward_head[-1].weight)  # a reward to learn from
+    torch.nn.init.normal_(agent.frame_reward_head[-1].weight)  # a reward to learn from
     save_init_model(base / "agent", agent, cfg)
     return base, cfg
 

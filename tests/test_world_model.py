@@ -18,7 +18,7 @@ def _world(cfg, with_tokenizer=False):
     tok = Tokenizer(cfg.tokenizer, cfg.env.height, cfg.env.width).eval()
     dyn = Dynamics(cfg.dynamics, n_actions, tok.cfg.n_latents, tok.cfg.latent_dim)
     agent = Agent(dyn, n_tasks=1, mtp=2, bins=41).eval()
-    torch.nn.init.normal_(agent.reward_head[-1].weight)
+    torch.nn.init.normal_(agent.frame_reward_head[-1].weight)
     return WorldModel(agent, ctx_noise=0.1, steps=2, tokenizer=tok if with_tokenizer else None), tok, n_actions
 
 

@@ -189,7 +189,8 @@ class AgentConfig:
     eval_batches: int
     head_rows: int           # transitions (x head_draws) the reward/continuation heads are fitted on
     head_draws: int          # context-noise draws per transition
-    head_steps: int          # Adam steps of the heads on the frozen features
+    head_steps: int          # at most this many Adam steps of the heads on the frozen features
+    head_lr: float           # their learning rate (the step kept: least held-out loss, wm/training/heads.py)
     probe_steps: int         # Adam steps of each probe (latents, pixels)
     train: TrainConfig
     out_dir: str

@@ -13,7 +13,7 @@ imagined env, the neural policy in the real game and imagination RL see the worl
   with an agent this returns the agent features of those frames;
 - ``sample``: the next frame from pure noise by ``steps`` shortcut steps of size 1/steps
   (x-prediction -> velocity -> Euler), reading the cache without changing it;
-- ``reward`` / ``continuation``: the agent's heads on features;
+- ``reward`` / ``continuation``: the agent's heads on features (and latents, for the reward);
 - ``rollout``: context + a sequence of actions -> generated latents, with or without the KV
   cache (the uncached path recomputes the whole history each step: the reference for the
   cache and the bench's yardstick).
@@ -151,9 +151,10 @@ class WorldModel:
         return z
 
     # ------------------------------------------------------------------ heads
-    def reward(self, feat: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> decoded reward of the transition into that frame (...)."""
-        return twohot_decode(self.agent.reward_logits(feat)[..., 0, :], self.bins)
+    def reward(self, feat: torch.Tensor, z_prev: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Features (..., D) of a frame, latents (..., L, dz) of the frame before it and of it ->
+        decoded reward of the transition into that frame (...) (the frame reward head)."""
+        return twohot_decode(self.agent.frame_reward_logits(self.agent.frame_input(feat, z_prev, z)), self.bins)
 
     def continuation(self, feat: torch.Tensor) -> torch.Tensor:
         """(..., D) -> P(the transition into that frame lost no life and did not end the game)."""

@@ -2,9 +2,9 @@
 
 ``ImaginedEnv`` is batched like ``gymnasium.vector``: ``reset(seed)`` starts ``num_envs``
 imagined episodes from real context clips, ``step(actions)`` generates the next frame of each
-with the K-step shortcut sampler and the KV cache, and returns rewards from the agent's reward
-head. Observations are decoded frames (N, H, W, 3) uint8, as the real env returns; ``info``
-carries the latents, the agent features (what imagination RL actually uses) and ``continue``,
+with the K-step shortcut sampler and the KV cache, and returns rewards from the agent's frame
+reward head (features and the latents of the last two frames). Observations are decoded frames
+(N, H, W, 3) uint8, as the real env returns; ``info`` carries the latents, the agent features (what imagination RL actually uses) and ``continue``,
 the continuation head's probability that the step lost no life and did not end the game.
 Imagined episodes are not cut by it (imagination RL discounts returns by it instead); they end
 by truncation after ``max_steps``.
@@ -66,7 +66,7 @@ class ImaginedEnv:
         n = self.num_envs
         z = self.world.sample(a, self._caches.dynamics, self._gen)
         feat = self.world.observe(z, a, self._caches.dynamics, self._gen)
-        reward = self.world.reward(feat[:, -1])
+        reward = self.world.reward(feat[:, -1], self._z[:, -1], z[:, -1])
         cont = self.world.continuation(feat[:, -1])
         self._t += 1
         self._z = z

@@ -6,7 +6,14 @@ to every token of its frame (and, in time blocks, to its own past), while no oth
 attends to it, so adding agent tokens leaves the dynamics' predictions exactly unchanged.
 Heads read the agent token's output:
 - policy: logits over the action map for the next ``mtp`` actions (multi-token prediction);
-- reward: two-hot logits (real-space bins, ``wm.objectives.twohot``) for the next ``mtp`` rewards;
+- reward: two-hot logits (real-space bins, ``wm.objectives.twohot``) for the next ``mtp`` rewards
+  (a training signal for the agent token during finetuning);
+- frame reward: two-hot logits of the reward of the transition into this frame, read from the
+  agent token *and* the latents of this frame and the one before (as DreamerV3's reward head reads
+  the model state (h, z)). This is the head that prices imagined steps. A kill shows as an
+  explosion in the frame's latents: a probe on (z_{t-1}, z_t) ranks held-out kills at ROC-AUC
+  0.95 where the agent token alone reaches 0.88-0.89 (README). Its inputs are standardised with
+  statistics of the rows it is fitted on (buffers, saved with the model);
 - continuation: one logit, the probability that the transition into this frame neither lost a
   life nor ended the game (imagination weights returns by it);
 - value: two-hot logits of the return (trained in imagination).
@@ -24,8 +31,9 @@ from wm.models.dynamics import Dynamics, context_level
 from wm.models.transformer import KVCache
 
 
-def _mlp(dim: int, out: int, zero_out: bool = False) -> nn.Sequential:
-    net = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, out))
+def _mlp(dim: int, out: int, zero_out: bool = False, hidden: int | None = None) -> nn.Sequential:
+    hidden = hidden or dim
+    net = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, out))
     if zero_out:
         nn.init.zeros_(net[-1].weight)
         nn.init.zeros_(net[-1].bias)
@@ -46,6 +54,10 @@ class Agent(nn.Module):
         self.reward_head = _mlp(dim, mtp * bins, zero_out=True)
         self.cont_head = _mlp(dim, 1, zero_out=True)
         self.value_head = _mlp(dim, bins, zero_out=True)
+        frame_in = dim + 2 * dynamics.n_latents * dynamics.latent_dim
+        self.frame_reward_head = _mlp(frame_in, bins, zero_out=True, hidden=dim)
+        self.register_buffer("frame_in_mean", torch.zeros(frame_in))
+        self.register_buffer("frame_in_std", torch.ones(frame_in))
 
     def forward(
         self,
@@ -78,6 +90,15 @@ class Agent(nn.Module):
 
     def reward_logits(self, feat: torch.Tensor) -> torch.Tensor:
         return self.reward_head(feat).unflatten(-1, (self.mtp, self.bins))
+
+    def frame_input(self, feat: torch.Tensor, z_prev: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The frame reward head's input: features (..., D), latents of the previous frame and
+        of this one (..., L, dz) each -> (..., D + 2 L dz), unstandardised."""
+        return torch.cat([feat, z_prev.flatten(-2), z.flatten(-2)], -1)
+
+    def frame_reward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., D + 2 L dz) from ``frame_input`` -> two-hot logits (..., bins)."""
+        return self.frame_reward_head((x - self.frame_in_mean) / self.frame_in_std)
 
     def cont_logit(self, feat: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, T): logit of P(the transition into this frame continued the episode)."""

@@ -93,6 +93,7 @@ class PlaySession:
         self._caches: Caches | None = None
         self._gen = torch.Generator(device=world.device)
         self._feat: torch.Tensor | None = None
+        self._z: torch.Tensor | None = None  # the last frame's latents (the frame reward head reads two)
         self._real: np.ndarray | None = None
         self._real_return = 0.0
         self._t = 0
@@ -106,6 +107,7 @@ class PlaySession:
         self._caches = self.world.new_caches()
         feat = self.world.observe(z, prev, self._caches.dynamics, self._gen)
         self._feat = feat[:, -1:]
+        self._z = z[:, -1:]
         self._t = 0
         return self._render(self.world.decode(z, self._caches)[0, -1])
 
@@ -174,7 +176,8 @@ class PlaySession:
         feat = world.observe(z, a, self._caches.dynamics, self._gen)
         self._feat = feat
         imagined = self._render(world.decode(z, self._caches)[0, -1])
-        reward = float(world.reward(feat)[0, -1])
+        reward = float(world.reward(feat, self._z, z)[0, -1])
+        self._z = z
         cont = float(world.continuation(feat)[0, -1])
         self._t += 1
         real, restarted, score = None, "", None

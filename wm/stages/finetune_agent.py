@@ -45,10 +45,12 @@ LIVE_DIR = Path("data/metrics/agent")
 
 
 def agent_for_finetuning(agent: Agent) -> Agent:
-    """Freeze what finetuning does not train: the value head learns in imagination only. A
+    """Freeze what finetuning does not train: the value head learns in imagination only, the
+    frame reward head on the frozen features afterwards (``fit_and_measure_heads``). A
     parameter no loss reaches would also stop DDP at its second step (it expects every
     trainable parameter to get a gradient)."""
     agent.value_head.requires_grad_(False)
+    agent.frame_reward_head.requires_grad_(False)
     return agent
 
 
@@ -195,7 +197,7 @@ def fit_and_measure_heads(agent: Agent, cfg: Config) -> dict[str, Any]:
                      cfg.dynamics.ctx_noise, draws=a.head_draws)
     val = features(agent, _clips(cfg.latents.out_dir, "val", clip_len), cfg.dynamics.ctx_noise)
     feat_s = time.perf_counter() - t0
-    logs = fit_heads(agent, train, a.head_steps, seed=a.train.seed)
+    logs = fit_heads(agent, train, a.head_steps, lr=a.head_lr, seed=a.train.seed)
     out: dict[str, Any] = {**head_metrics(agent, val), **logs, "heads/train_rows": int(len(train["reward"])),
                            "heads/features_s": round(feat_s, 1)}
     # probes on the same targets: does a small classifier find the kills in the latents? in pixels?
