@@ -6,9 +6,10 @@ over clips as long as an imagined episode (``rl.context + rl.horizon`` frames, s
 the positions they are read at), ``draws`` noise draws of the context level each, and
 ``fit_heads`` trains the frame reward head (two-hot; it reads the features and the latents of the
 frame and the one before, ``Agent.frame_input``) and the continuation head (binary
-cross-entropy) on them for ``steps`` Adam steps of ``batch`` rows, with the data's own event
-rates (no re-weighting: a re-weighted head would be mis-calibrated). A kill is about 1 step in
-45; a joint finetuning run of a few hundred steps sees too few of them for a calibrated head.
+cross-entropy) on them for at most ``steps`` Adam steps of ``batch`` rows, keeping the step of
+least loss on held-out clips, with the data's own event rates (no re-weighting: a re-weighted
+head would be mis-calibrated). A kill is about 1 step in 45; a joint finetuning run of a few
+hundred steps sees too few of them for a calibrated head.
 
 ``head_metrics`` reports on held-out real latents: the ranking (ROC-AUC, average precision)
 of "a kill at this step" and "a life lost at this step", the calibration (mean decoded reward
@@ -35,8 +36,9 @@ def features(agent: Agent, batches: Iterable[dict[str, torch.Tensor]], ctx_noise
     """Agent features of every frame after the first, with the reward and continuation of the
     transition into it: ``feat`` (N, D), ``frame`` (N, D + 2 L dz) (the frame reward head's input:
     features, the previous frame's latents, this frame's), ``reward`` (N,), ``cont`` (N,), ``clip``
-    (N,) (the clip each row comes from, numbered from 0), one row per transition and noise draw; and once per transition ``latents`` (M, 2, L, dz) (this frame
-    and the one before) with ``kill`` (M,) (reward > 0), for probes."""
+    (N,) (the clip each row comes from, numbered from 0), one row per transition and noise draw;
+    and once per transition ``latents`` (M, 2, L, dz) (this frame and the one before) with
+    ``kill`` (M,) (reward > 0), for probes."""
     device = next(agent.parameters()).device
     k_max = agent.dynamics.cfg.k_max
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("feat", "frame", "reward", "cont", "clip", "latents", "kill")}
