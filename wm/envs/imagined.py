@@ -4,8 +4,9 @@
 imagined episodes from real context clips, ``step(actions)`` generates the next frame of each
 with the K-step shortcut sampler and the KV cache, and returns rewards from the agent's frame
 reward head (features and the latents of the last two frames). Observations are decoded frames
-(N, H, W, 3) uint8, as the real env returns; ``info`` carries the latents, the agent features (what imagination RL actually uses) and ``continue``,
-the continuation head's probability that the step lost no life and did not end the game.
+(N, H, W, 3) uint8, as the real env returns; ``info`` carries the latents, the agent features
+(what imagination RL actually uses) and ``continue``, the continuation head's probability that
+the step lost no life and did not end the game.
 Imagined episodes are not cut by it (imagination RL discounts returns by it instead); they end
 by truncation after ``max_steps``.
 """
