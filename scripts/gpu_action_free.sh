@@ -41,6 +41,10 @@ arms() {  # arms ROOT STEPS LOGTAG: every job in parallel; returns when all are 
   for p in "${pids[@]}"; do wait "$p" || rc=1; done
   return $rc
 }
+# a warm machine keeps the last call's files: start from empty arm directories (an arm that
+# finished there would otherwise be reused, whatever its steps)
+RUN=${RUN:-/tmp/af-run}
+rm -rf /tmp/af-probe "$RUN"
 t0=$SECONDS
 arms /tmp/af-probe "$PROBE_STEPS" probe
 probe=$((SECONDS - t0))
@@ -50,19 +54,19 @@ fixed=$(python3 -c "print(max(0.0, $probe - $PROBE_STEPS * $per_step))")
 STEPS=$(python3 -c "print(min($MAX_STEPS, max(100, int(($BUDGET - $fixed) / $per_step) // 100 * 100)))")
 echo "probe $PROBE_STEPS steps, $(echo "$JOBS" | wc -l) processes: ${probe}s (s/step $per_step, fixed ${fixed}s) -> $STEPS steps per arm" | tee -a "$OUT/steps.txt"
 t1=$SECONDS
-arms data/action_free "$STEPS" run
+arms "$RUN" "$STEPS" run
 echo "arms rc=$? wall_s=$((SECONDS - t1))" | tee -a "$OUT/steps.txt"
 for f in $FRACS; do  # the summary of each share: its two arms and the shared full arm
-  mkdir -p "data/action_free/f$f" && cp -r data/action_free/full/full "data/action_free/f$f/" 2>/dev/null
-  python3 -m wm.cli action-free $DATA action_free.out_dir="data/action_free/f$f" action_free.steps="$STEPS" \
+  mkdir -p "$RUN/f$f" && cp -r "$RUN/full/full" "$RUN/f$f/" 2>/dev/null
+  python3 -m wm.cli action-free $DATA action_free.out_dir="$RUN/f$f" action_free.steps="$STEPS" \
     action_free.labeled_frac="$f" >"$OUT/logs/summary-f$f.log" 2>&1
   echo "summary f$f rc=$?" | tee -a "$OUT/steps.txt"
   cp data/metrics/action_free.json "$OUT/action_free_f$f.json" 2>/dev/null
 done
-python3 - <<'EOF'
+RUN=$RUN python3 - <<'EOF'
 import glob, os, torch
-for p in glob.glob("data/action_free/*/*/checkpoint/checkpoint.pt"):
-    share, arm = p.split("/")[2:4]
+for p in glob.glob(os.path.join(os.environ["RUN"], "*/*/checkpoint/checkpoint.pt")):
+    share, arm = p.split("/")[-4:-2]
     if share != "full" and arm == "full":
         continue  # the copy of the full arm
     c = torch.load(p, map_location="cpu", weights_only=False)
@@ -70,7 +74,7 @@ for p in glob.glob("data/action_free/*/*/checkpoint/checkpoint.pt"):
     name = "ckpt_full.pt" if arm == "full" else f"ckpt_{share}_{arm}.pt"
     torch.save(c, os.path.join(os.environ["OUT"], name))
 EOF
-tar -czf "$OUT/arms.tar.gz" --exclude=checkpoint.pt data/action_free
+tar -czf "$OUT/arms.tar.gz" --exclude=checkpoint.pt -C "$RUN" .
 left=$((${DEADLINE:-540} - SECONDS))
 if [ "$left" -gt 150 ]; then
   timeout $((left - 20)) python3 -m wm.cli bench --preset gpu --skip collect,generation,loader --seconds 3 \
