@@ -31,7 +31,7 @@ dir_of() { [ "$2" = full ] && echo "$1/full" || echo "$1/f$3"; }
 arms() {  # arms ROOT STEPS LOGTAG: every job in parallel; returns when all are done
   local root=$1 steps=$2 tag=$3 pids=() f arm frac
   while read -r f arm; do
-    frac=$f; [ "$arm" = full ] && frac=$(echo "$FRACS" | awk '{print $1}')
+    frac=$f; [ "$arm" = full ] && frac=1  # every episode labelled
     python3 -m wm.cli action-free $DATA action_free.out_dir="$(dir_of "$root" "$arm" "$f")" \
       action_free.steps="$steps" action_free.labeled_frac="$frac" action_free.arm="$arm" \
       >"$OUT/logs/$tag-f$f-$arm.log" 2>&1 &
@@ -57,7 +57,7 @@ t1=$SECONDS
 arms "$RUN" "$STEPS" run
 echo "arms rc=$? wall_s=$((SECONDS - t1))" | tee -a "$OUT/steps.txt"
 for f in $FRACS; do  # the summary of each share: its two arms and the shared full arm
-  mkdir -p "$RUN/f$f" && cp -r "$RUN/full/full" "$RUN/f$f/" 2>/dev/null
+  mkdir -p "$RUN/f$f" && ln -sfn ../full/full "$RUN/f$f/full"  # the shared arm, linked, not copied
   python3 -m wm.cli action-free $DATA action_free.out_dir="$RUN/f$f" action_free.steps="$STEPS" \
     action_free.labeled_frac="$f" >"$OUT/logs/summary-f$f.log" 2>&1
   echo "summary f$f rc=$?" | tee -a "$OUT/steps.txt"
@@ -68,7 +68,7 @@ import glob, os, torch
 for p in glob.glob(os.path.join(os.environ["RUN"], "*/*/checkpoint/checkpoint.pt")):
     share, arm = p.split("/")[-4:-2]
     if share != "full" and arm == "full":
-        continue  # the copy of the full arm
+        continue  # a share's link to the full arm
     c = torch.load(p, map_location="cpu", weights_only=False)
     c.pop("optimizer", None)  # weights, config and step: what evaluation and `dvc commit` need
     name = "ckpt_full.pt" if arm == "full" else f"ckpt_{share}_{arm}.pt"
