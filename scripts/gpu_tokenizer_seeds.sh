@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The tokenizer's seed spread (#16) measured on a lent GPU: every configuration in CONFIGS is
+# trained with every seed in SEEDS, all as parallel processes on the one GPU (the default
+# tokenizer, 1.6 M parameters, leaves it mostly idle), fp32 like the 2-core CPU runs, each
+# process in its own directory (the stage writes data/metrics/tokenizer.json relative to it).
+# The perceptual network's wheel is over the transfer limit, so val/lpips is not scored here.
+#
+#   OUT=/tmp/x SEEDS="0 1 2 3" bash scripts/gpu_tokenizer_seeds.sh
+#
+# Inputs: data/shards (the committed run's shards) and the wheels in .whl/ (scripts/gpu_env.sh).
+# Outputs in $OUT: seeds.json (per configuration: each seed's final metrics and its val/psnr at
+# every evaluation, mean and sd), logs/, and each run's tokenizer.json under runs/.
+set -uo pipefail
+OUT=${OUT:-/tmp/wm-gpu-tok}
+SEEDS=${SEEDS:-"0 1 2 3"}
+THREADS=${THREADS:-1}
+DEADLINE=${DEADLINE:-520}       # seconds: runs still going then are stopped (their evaluations so far are kept)
+# one configuration per line: <name> <overrides...>
+CONFIGS=${CONFIGS:-"default
+m25_3300 tokenizer.mask_prob=0.25 tokenizer.train.steps=3300
+m25_3300_w600 tokenizer.mask_prob=0.25 tokenizer.train.steps=3300 tokenizer.train.warmup=600
+m25_3300_mw4 tokenizer.mask_prob=0.25 tokenizer.train.steps=3300 tokenizer.moving_weight=4"}
+export OUT
+TQDM_MININTERVAL=${TQDM_MININTERVAL:-30}
+source "$(dirname "$0")/gpu_env.sh"
+REPO=$PWD
+RUN=${RUN:-/tmp/tok-run}
+rm -rf "$RUN"
+COMMON="shard.out_dir=$REPO/data/shards videos.out_dir=$REPO/data/video_shards tokenizer.lpips_net=none
+tokenizer.lpips_weight=0.0 tokenizer.train.precision=fp32 tokenizer.train.threads=$THREADS
+tokenizer.train.num_workers=1 tokenizer.train.wandb=disabled tokenizer.out_dir=ckpt"
+pids=()
+while read -r name overrides; do
+  [ -z "$name" ] && continue
+  for s in $SEEDS; do
+    d="$RUN/$name/s$s"; mkdir -p "$d"
+    (cd "$d" && exec timeout "$DEADLINE" python3 -m wm.cli train-tokenizer --params "$REPO/params.yaml" $COMMON tokenizer.train.seed="$s" \
+      $overrides >"$OUT/logs/$name-s$s.log" 2>&1) &
+    pids+=($!)
+  done
+done <<<"$CONFIGS"
+echo "$(date -u +%T) started ${#pids[@]} processes" | tee -a "$OUT/steps.txt"
+t0=$SECONDS
+for p in "${pids[@]}"; do wait "$p"; done
+echo "$(date -u +%T) all done in $((SECONDS - t0)) s" | tee -a "$OUT/steps.txt"
+RUN=$RUN python3 - <<'EOF'
+import glob, json, os, statistics as st
+run, out = os.environ["RUN"], os.environ["OUT"]
+summary = {}
+for cfg in sorted(os.listdir(run)):
+    seeds = {}
+    for d in sorted(glob.glob(f"{run}/{cfg}/s*")):
+        rec = {}
+        m = f"{d}/data/metrics/tokenizer.json"
+        if os.path.exists(m):
+            rec["final"] = json.load(open(m))
+            os.makedirs(f"{out}/runs/{cfg}", exist_ok=True)
+            json.dump(rec["final"], open(f"{out}/runs/{cfg}/{os.path.basename(d)}.json", "w"), indent=1)
+        curve = {}
+        for p in glob.glob(f"{d}/data/metrics/tokenizer/plots/metrics/**/*.tsv", recursive=True):
+            key = p.split("/plots/metrics/")[1][:-4]
+            if key in ("tokenizer/val/psnr", "tokenizer/val/psnr_moving"):
+                rows = [ln.rstrip("\n").split("\t") for ln in open(p)][1:]
+                curve[key] = {int(r[0]): round(float(r[1]), 3) for r in rows if len(r) >= 2}
+        rec["curve"] = curve
+        seeds[os.path.basename(d)] = rec
+    fin = [r["final"]["val/psnr"] for r in seeds.values() if "final" in r]
+    mov = [r["final"]["val/psnr_moving"] for r in seeds.values() if "final" in r]
+    summary[cfg] = {"seeds": seeds, "n_finished": len(fin),
+                    "val/psnr": fin, "val/psnr_moving": mov,
+                    "mean": st.mean(fin) if fin else None, "sd": st.stdev(fin) if len(fin) > 1 else None,
+                    "moving_mean": st.mean(mov) if mov else None}
+    print(cfg, len(fin), [round(x, 2) for x in fin], summary[cfg]["mean"], summary[cfg]["sd"])
+json.dump(summary, open(f"{out}/seeds.json", "w"), indent=1)
+EOF
