@@ -9,13 +9,14 @@
 #
 # Inputs: data/shards (the committed run's shards) and the wheels in .whl/ (scripts/gpu_env.sh).
 # Outputs in $OUT: seeds.json (per configuration: each seed's final metrics and its val/psnr at
-# every evaluation, mean and sd), logs/, and each run's tokenizer.json under runs/.
+# every evaluation, mean and sd), logs/, and the fp16 weights
+# of the runs named in KEEP (e.g. KEEP="m25_3300/s0 m25_3300/s1").
 set -uo pipefail
 OUT=${OUT:-/tmp/wm-gpu-tok}
 SEEDS=${SEEDS:-"0 1 2 3"}
 THREADS=${THREADS:-1}
 DEADLINE=${DEADLINE:-520}       # seconds: runs still going then are stopped (their evaluations so far are kept)
-# one configuration per line: <name> <overrides...>
+# one configuration per line: <name>[:<seed>,<seed>...] <overrides...> (its own seeds instead of SEEDS)
 CONFIGS=${CONFIGS:-"default
 m25_3300 tokenizer.mask_prob=0.25 tokenizer.train.steps=3300
 m25_3300_w600 tokenizer.mask_prob=0.25 tokenizer.train.steps=3300 tokenizer.train.warmup=600
@@ -32,7 +33,9 @@ tokenizer.train.num_workers=1 tokenizer.train.wandb=disabled tokenizer.out_dir=c
 pids=()
 while read -r name overrides; do
   [ -z "$name" ] && continue
-  for s in $SEEDS; do
+  seeds=$SEEDS
+  case $name in *:*) seeds=${name#*:}; seeds=${seeds//,/ }; name=${name%%:*} ;; esac  # name:1,3 = own seeds
+  for s in $seeds; do
     d="$RUN/$name/s$s"; mkdir -p "$d"
     (cd "$d" && exec timeout "$DEADLINE" python3 -m wm.cli train-tokenizer --params "$REPO/params.yaml" $COMMON tokenizer.train.seed="$s" \
       $overrides >"$OUT/logs/$name-s$s.log" 2>&1) &
@@ -43,7 +46,8 @@ echo "$(date -u +%T) started ${#pids[@]} processes" | tee -a "$OUT/steps.txt"
 t0=$SECONDS
 for p in "${pids[@]}"; do wait "$p"; done
 echo "$(date -u +%T) all done in $((SECONDS - t0)) s" | tee -a "$OUT/steps.txt"
-RUN=$RUN python3 - <<'EOF'
+tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$OUT/logs"  # one file: the transfer counts files
+RUN=$RUN KEEP=${KEEP:-} python3 - <<'EOF'
 import glob, json, os, statistics as st
 run, out = os.environ["RUN"], os.environ["OUT"]
 summary = {}
@@ -54,15 +58,27 @@ for cfg in sorted(os.listdir(run)):
         m = f"{d}/data/metrics/tokenizer.json"
         if os.path.exists(m):
             rec["final"] = json.load(open(m))
-            os.makedirs(f"{out}/runs/{cfg}", exist_ok=True)
-            json.dump(rec["final"], open(f"{out}/runs/{cfg}/{os.path.basename(d)}.json", "w"), indent=1)
         curve = {}
         for p in glob.glob(f"{d}/data/metrics/tokenizer/plots/metrics/**/*.tsv", recursive=True):
             key = p.split("/plots/metrics/")[1][:-4]
             if key in ("tokenizer/val/psnr", "tokenizer/val/psnr_moving"):
                 rows = [ln.rstrip("\n").split("\t") for ln in open(p)][1:]
                 curve[key] = {int(r[0]): round(float(r[1]), 3) for r in rows if len(r) >= 2}
+        hist = f"{d}/data/metrics/tokenizer/history.jsonl"  # where dvclive is missing (the GPU image)
+        if not curve and os.path.exists(hist):
+            for line in open(hist):
+                row = json.loads(line)
+                for key in ("tokenizer/val/psnr", "tokenizer/val/psnr_moving"):
+                    if key in row:
+                        curve.setdefault(key, {})[row["step"]] = round(row[key], 3)
         rec["curve"] = curve
+        name = f"{cfg}/{os.path.basename(d)}"
+        if name in os.environ.get("KEEP", "").split() and os.path.exists(f"{d}/ckpt/checkpoint.pt"):
+            import torch  # the weights (fp16) of the runs named in KEEP, for a look on the CPU machine
+            c = torch.load(f"{d}/ckpt/checkpoint.pt", map_location="cpu", weights_only=False)
+            sd = {k: v.half() if v.is_floating_point() else v for k, v in c["model"].items()}
+            torch.save({"model": sd, "config": c.get("config"), "step": c.get("step")},
+                       f"{out}/weights_{cfg}_{os.path.basename(d)}.pt")
         seeds[os.path.basename(d)] = rec
     fin = [r["final"]["val/psnr"] for r in seeds.values() if "final" in r]
     mov = [r["final"]["val/psnr_moving"] for r in seeds.values() if "final" in r]

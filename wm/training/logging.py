@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -16,6 +17,7 @@ class RunLogger:
                  total_steps: int, start_step: int = 0, enabled: bool = True, desc: str = "train"):
         self.enabled = enabled
         self.live = None
+        self.fallback: Path | None = None
         self.wandb_run = None
         self.bar = None
         if not enabled:
@@ -25,7 +27,13 @@ class RunLogger:
         try:
             from dvclive import Live
         except ImportError as err:  # e.g. a bare GPU image: the stage's own metrics JSON still gets written
-            warnings.warn(f"dvclive unavailable ({err}): no per-step plots for this run", stacklevel=2)
+            # e.g. a bare GPU image: the logged figures go to history.jsonl instead (no plots)
+            warnings.warn(f"dvclive unavailable ({err}): per-step figures go to {live_dir}/history.jsonl",
+                          stacklevel=2)
+            self.fallback = Path(live_dir) / "history.jsonl"
+            self.fallback.parent.mkdir(parents=True, exist_ok=True)
+            if start_step == 0:
+                self.fallback.unlink(missing_ok=True)
         else:
             # dvcyaml=None: dvc.yaml is ours; save_dvc_exp=False: the DVC stage owns experiments.
             self.live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=start_step > 0)
@@ -47,6 +55,10 @@ class RunLogger:
             return
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
+        if self.fallback is not None:
+            row = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            with self.fallback.open("a") as f:
+                f.write(json.dumps({"step": step, **row}) + "\n")
         if self.live is None:
             return
         self.live.step = step
