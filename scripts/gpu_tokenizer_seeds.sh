@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The tokenizer's seed spread (#16) measured on a lent GPU: every configuration in CONFIGS is
 # trained with every seed in SEEDS, all as parallel processes on the one GPU (the default
-# tokenizer, 1.6 M parameters, leaves it mostly idle), fp32 like the 2-core CPU runs, each
+# tokenizer, 1.3 M parameters, leaves it mostly idle), fp32 like the 2-core CPU runs, each
 # process in its own directory (the stage writes data/metrics/tokenizer.json relative to it).
 # The perceptual network's wheel is over the transfer limit, so val/lpips is not scored here.
 #
@@ -9,8 +9,8 @@
 #
 # Inputs: data/shards (the committed run's shards) and the wheels in .whl/ (scripts/gpu_env.sh).
 # Outputs in $OUT: seeds.json (per configuration: each seed's final metrics and its val/psnr at
-# every evaluation, mean and sd), logs/, and the fp16 weights
-# of the runs named in KEEP (e.g. KEEP="m25_3300/s0 m25_3300/s1").
+# every evaluation, mean and sd), logs.tar.gz (one log per run) and the fp16 weights of the runs
+# named in KEEP (e.g. KEEP="m25_3300/s0 m25_3300/s1").
 set -uo pipefail
 OUT=${OUT:-/tmp/wm-gpu-tok}
 SEEDS=${SEEDS:-"0 1 2 3"}
@@ -50,6 +50,7 @@ tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$OUT/logs"  # one file: th
 RUN=$RUN KEEP=${KEEP:-} python3 - <<'EOF'
 import glob, json, os, statistics as st
 run, out = os.environ["RUN"], os.environ["OUT"]
+CURVES = ("tokenizer/val/psnr", "tokenizer/val/psnr_moving")
 summary = {}
 for cfg in sorted(os.listdir(run)):
     seeds = {}
@@ -59,16 +60,16 @@ for cfg in sorted(os.listdir(run)):
         if os.path.exists(m):
             rec["final"] = json.load(open(m))
         curve = {}
-        for p in glob.glob(f"{d}/data/metrics/tokenizer/plots/metrics/**/*.tsv", recursive=True):
-            key = p.split("/plots/metrics/")[1][:-4]
-            if key in ("tokenizer/val/psnr", "tokenizer/val/psnr_moving"):
+        for key in CURVES:  # dvclive's plots, where it is installed
+            p = f"{d}/data/metrics/tokenizer/plots/metrics/{key}.tsv"
+            if os.path.exists(p):
                 rows = [ln.rstrip("\n").split("\t") for ln in open(p)][1:]
                 curve[key] = {int(r[0]): round(float(r[1]), 3) for r in rows if len(r) >= 2}
         hist = f"{d}/data/metrics/tokenizer/history.jsonl"  # where dvclive is missing (the GPU image)
         if not curve and os.path.exists(hist):
             for line in open(hist):
                 row = json.loads(line)
-                for key in ("tokenizer/val/psnr", "tokenizer/val/psnr_moving"):
+                for key in CURVES:
                     if key in row:
                         curve.setdefault(key, {})[row["step"]] = round(row[key], 3)
         rec["curve"] = curve

@@ -26,8 +26,7 @@ class RunLogger:
 
         try:
             from dvclive import Live
-        except ImportError as err:  # e.g. a bare GPU image: the stage's own metrics JSON still gets written
-            # e.g. a bare GPU image: the logged figures go to history.jsonl instead (no plots)
+        except ImportError as err:  # e.g. a bare GPU image: the figures go to history.jsonl (no plots)
             warnings.warn(f"dvclive unavailable ({err}): per-step figures go to {live_dir}/history.jsonl",
                           stacklevel=2)
             self.fallback = Path(live_dir) / "history.jsonl"
@@ -55,16 +54,15 @@ class RunLogger:
             return
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
+        numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self.fallback is not None:
-            row = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             with self.fallback.open("a") as f:
-                f.write(json.dumps({"step": step, **row}) + "\n")
+                f.write(json.dumps({"step": step, **numeric}) + "\n")
         if self.live is None:
             return
         self.live.step = step
-        for k, v in metrics.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                self.live.log_metric(k, v, plot=plot)
+        for k, v in numeric.items():
+            self.live.log_metric(k, v, plot=plot)
         self.live.next_step()  # writes the TSV rows and metrics.json now (crash-safe)
 
     def progress(self, n: int, **postfix: Any) -> None:
