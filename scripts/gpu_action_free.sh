@@ -1,40 +1,56 @@
 #!/usr/bin/env bash
 # The action-free experiment (`wm action-free`, default preset sizes) on a lent GPU, its arms
 # trained at once as separate processes (the 1.9 M-parameter dynamics leaves the GPU mostly
-# idle). FRACS lists labelled shares: the `full` arm (every action) is trained once and the
-# `labeled_plus_video` and `labeled_only` arms once per share, so "0.02 0.05" runs five
-# processes. A short probe of the same processes times a step first, so the arms get as many
-# steps as fit in BUDGET seconds; if time is left before DEADLINE, `wm bench --preset gpu` runs.
+# idle). For every seed in SEEDS (dynamics.train.seed: initialisation, batches, noise and which
+# episodes keep their labels) the `full` arm (every action) is trained once and the
+# `labeled_plus_video` and `labeled_only` arms once per labelled share in FRACS, so SEEDS="0 1 2"
+# FRACS="0.1" runs nine processes. The labelled+video arm trains steps / (1 - video_share) steps
+# (action_free.video_steps=matched: as many labelled batches as the other arms' steps, the video
+# on top). A short probe of the same processes times a step first, so the longest arm fits in
+# BUDGET seconds; if time is left before DEADLINE, `wm bench --preset gpu` runs.
 #
-#   OUT=/tmp/x BUDGET=330 FRACS="0.1" bash scripts/gpu_action_free.sh
+#   OUT=/tmp/x BUDGET=330 SEEDS="0 1 2" FRACS="0.1" THREADS=1 bash scripts/gpu_action_free.sh
 #
 # Inputs (prepared on the CPU machine, carried as ignored paths): data/latents (the committed
 # run's latents), .gpu/tokenizer (the committed tokenizer, weights only) and .gpu/shards (the
-# held-out shards and two training shards: the evaluation reads frames from them). Outputs in
-# $OUT: action_free_f<share>.json (one summary per share), each arm's metrics and plots
-# (arms.tar.gz) and weights (ckpt_f<share>_<arm>.pt, ckpt_full.pt), logs.tar.gz, steps.txt.
+# held-out shards and two training shards: the evaluation reads frames from them); SHARDS and
+# TOKENIZER point elsewhere (a CPU smoke run: data/shards, data/checkpoints/tokenizer). Outputs
+# in $OUT: action_free_s<seed>_f<share>.json (one summary per seed and share),
+# action_free_seeds.json (mean and sd over the seeds, and the acceptance checks), each arm's
+# metrics and plots (arms.tar.gz), the first seed's weights (ckpts.tar), logs.tar.gz, steps.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/wm-gpu-af}
 BUDGET=${BUDGET:-330}           # seconds for the arms, evaluation included
 MAX_STEPS=${MAX_STEPS:-8000}
 PROBE_STEPS=${PROBE_STEPS:-150}
+MIN_STEPS=${MIN_STEPS:-100}
 FRACS=${FRACS:-0.1}             # labelled shares (action_free.labeled_frac), space-separated
+SEEDS=${SEEDS:-0}               # dynamics.train.seed of every arm, space-separated
 THREADS=${THREADS:-3}           # CPU threads per process
+SHARDS=${SHARDS:-.gpu/shards}
+TOKENIZER=${TOKENIZER:-.gpu/tokenizer}
 EXTRA=${EXTRA:-}                # more overrides, e.g. action_free.eval_clips=2 for a smoke run
 export OUT
 TQDM_MININTERVAL=${TQDM_MININTERVAL:-20}
 source "$(dirname "$0")/gpu_env.sh"
-DATA="latents.out_dir=data/latents shard.out_dir=.gpu/shards tokenizer.out_dir=.gpu/tokenizer dynamics.train.threads=$THREADS $EXTRA"
-# one line per process: <labelled share> <arm>; the full arm does not depend on the share
-JOBS="$(echo "x full"; for f in $FRACS; do echo "$f labeled_plus_video"; echo "$f labeled_only"; done)"
-dir_of() { [ "$2" = full ] && echo "$1/full" || echo "$1/f$3"; }
+DATA="latents.out_dir=data/latents shard.out_dir=$SHARDS tokenizer.out_dir=$TOKENIZER dynamics.train.threads=$THREADS $EXTRA"
+# how many times the steps the longest arm (labelled+video, matched) trains
+MULT=$(python3 -c "
+from wm.config import load
+from wm.stages.train_dynamics import arm_steps
+c = load('params.yaml', '$EXTRA'.split())
+print(arm_steps(c.action_free, c.dynamics, 'labeled_plus_video') / c.action_free.steps)")
+# one line per process: <seed> <labelled share> <arm>; the full arm does not depend on the share
+JOBS="$(for s in $SEEDS; do echo "$s x full"; for f in $FRACS; do echo "$s $f labeled_plus_video"
+  echo "$s $f labeled_only"; done; done)"
+dir_of() { [ "$2" = full ] && echo "$1/s$3/full" || echo "$1/s$3/f$4"; }
 arms() {  # arms ROOT STEPS LOGTAG: every job in parallel; returns when all are done
-  local root=$1 steps=$2 tag=$3 pids=() f arm frac
-  while read -r f arm; do
+  local root=$1 steps=$2 tag=$3 pids=() s f arm frac
+  while read -r s f arm; do
     frac=$f; [ "$arm" = full ] && frac=1  # every episode labelled
-    python3 -m wm.cli action-free $DATA action_free.out_dir="$(dir_of "$root" "$arm" "$f")" \
-      action_free.steps="$steps" action_free.labeled_frac="$frac" action_free.arm="$arm" \
-      >"$OUT/logs/$tag-f$f-$arm.log" 2>&1 &
+    python3 -m wm.cli action-free $DATA dynamics.train.seed="$s" \
+      action_free.out_dir="$(dir_of "$root" "$arm" "$s" "$f")" action_free.steps="$steps" \
+      action_free.labeled_frac="$frac" action_free.arm="$arm" >"$OUT/logs/$tag-s$s-f$f-$arm.log" 2>&1 &
     pids+=($!)
   done <<<"$JOBS"
   local rc=0
@@ -48,31 +64,37 @@ rm -rf /tmp/af-probe "$RUN"
 t0=$SECONDS
 arms /tmp/af-probe "$PROBE_STEPS" probe
 probe=$((SECONDS - t0))
-per_step=$(python3 -c "import glob, json; print(max(1/json.load(open(p))['train_steps_per_s'] for p in glob.glob('/tmp/af-probe/*/*/data/metrics/dynamics.json')))")
-# the arms' evaluation and start-up cost about what the probe spent beside its steps
-fixed=$(python3 -c "print(max(0.0, $probe - $PROBE_STEPS * $per_step))")
-STEPS=$(python3 -c "print(min($MAX_STEPS, max(100, int(($BUDGET - $fixed) / $per_step) // 100 * 100)))")
-echo "probe $PROBE_STEPS steps, $(echo "$JOBS" | wc -l) processes: ${probe}s (s/step $per_step, fixed ${fixed}s) -> $STEPS steps per arm" | tee -a "$OUT/steps.txt"
+per_step=$(python3 -c "import glob, json; print(max(1/json.load(open(p))['train_steps_per_s'] for p in glob.glob('/tmp/af-probe/*/*/*/data/metrics/dynamics.json')))")
+# the arms' evaluation and start-up cost about what the probe spent beside its longest arm's steps
+fixed=$(python3 -c "print(max(0.0, $probe - $PROBE_STEPS * $MULT * $per_step))")
+STEPS=$(python3 -c "print(min($MAX_STEPS, max($MIN_STEPS, int(($BUDGET - $fixed) / ($per_step * $MULT)) // $MIN_STEPS * $MIN_STEPS)))")
+echo "probe $PROBE_STEPS steps (longest arm x$MULT), $(echo "$JOBS" | wc -l) processes: ${probe}s (s/step $per_step, fixed ${fixed}s) -> $STEPS steps per arm" | tee -a "$OUT/steps.txt"
 t1=$SECONDS
 arms "$RUN" "$STEPS" run
 echo "arms rc=$? wall_s=$((SECONDS - t1))" | tee -a "$OUT/steps.txt"
-for f in $FRACS; do  # the summary of each share: its two arms and the shared full arm
-  mkdir -p "$RUN/f$f" && ln -sfn ../full/full "$RUN/f$f/full"  # the shared arm, linked, not copied
-  python3 -m wm.cli action-free $DATA action_free.out_dir="$RUN/f$f" action_free.steps="$STEPS" \
-    action_free.labeled_frac="$f" >"$OUT/logs/summary-f$f.log" 2>&1
-  echo "summary f$f rc=$?" | tee -a "$OUT/steps.txt"
-  cp data/metrics/action_free.json "$OUT/action_free_f$f.json" 2>/dev/null
-done
-RUN=$RUN python3 - <<'EOF'
-import glob, os, torch
-for p in glob.glob(os.path.join(os.environ["RUN"], "*/*/checkpoint/checkpoint.pt")):
-    share, arm = p.split("/")[-4:-2]
-    if share != "full" and arm == "full":
-        continue  # a share's link to the full arm
-    c = torch.load(p, map_location="cpu", weights_only=False)
-    c.pop("optimizer", None)  # weights, config and step: what evaluation and `dvc commit` need
-    name = "ckpt_full.pt" if arm == "full" else f"ckpt_{share}_{arm}.pt"
-    torch.save(c, os.path.join(os.environ["OUT"], name))
+for s in $SEEDS; do for f in $FRACS; do  # each seed and share: its two arms and the seed's full arm
+  mkdir -p "$RUN/s$s/f$f" && ln -sfn ../full/full "$RUN/s$s/f$f/full"  # the shared arm, linked, not copied
+  python3 -m wm.cli action-free $DATA dynamics.train.seed="$s" action_free.out_dir="$RUN/s$s/f$f" \
+    action_free.steps="$STEPS" action_free.labeled_frac="$f" >"$OUT/logs/summary-s$s-f$f.log" 2>&1
+  echo "summary s$s f$f rc=$?" | tee -a "$OUT/steps.txt"
+  cp data/metrics/action_free.json "$OUT/action_free_s${s}_f$f.json" 2>/dev/null
+done; done
+python3 scripts/action_free_seeds.py "$OUT"/action_free_s*_f*.json --out "$OUT/action_free_seeds.json" \
+  >>"$OUT/steps.txt" 2>&1
+FIRST=${SEEDS%% *} RUN=$RUN python3 - <<'EOF'
+import glob, os, tarfile, torch
+run, out = os.environ["RUN"], os.environ["OUT"]
+with tarfile.open(os.path.join(out, "ckpts.tar"), "w") as tar:
+    for p in sorted(glob.glob(os.path.join(run, f"s{os.environ['FIRST']}/*/*/checkpoint/checkpoint.pt"))):
+        share, arm = p.split("/")[-4:-2]
+        if share != "full" and arm == "full":
+            continue  # a share's link to the full arm
+        c = torch.load(p, map_location="cpu", weights_only=False)
+        c.pop("optimizer", None)  # weights, config and step: what evaluation and `dvc commit` need
+        name = "ckpt_full.pt" if arm == "full" else f"ckpt_{share}_{arm}.pt"
+        torch.save(c, os.path.join(out, name))
+        tar.add(os.path.join(out, name), arcname=name)
+        os.remove(os.path.join(out, name))
 EOF
 tar -czf "$OUT/arms.tar.gz" --exclude=checkpoint.pt -C "$RUN" .
 left=$((${DEADLINE:-540} - SECONDS))
@@ -83,4 +105,4 @@ if [ "$left" -gt 150 ]; then
 fi
 tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$OUT/logs"
 cat "$OUT/steps.txt"
-for f in "$OUT"/action_free_f*.json; do echo "$f"; cat "$f"; done
+cat "$OUT/action_free_seeds.json"

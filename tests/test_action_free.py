@@ -96,6 +96,15 @@ def test_action_free_experiment_end_to_end(latents_cfg):
             (base / "action_free" / arm / "data/metrics/dynamics.json").read_text())[f"psnr_h4/k{k}_shuffled_actions"])
         assert f"psnr_h{h}/k{k}/{arm}" in saved
     assert 0 < saved["labeled_episodes"] < saved["train_episodes"] and saved == json.loads(json.dumps(out))
+    # matched steps: the video arm sees as many labelled batches as the others see steps
+    steps, share = cfg.action_free.steps, cfg.dynamics.video_share
+    assert saved["steps/full"] == saved["steps/labeled_only"] == steps
+    assert saved["steps/labeled_plus_video"] == round(steps / (1 - share)) > steps
+    # a finished arm of another length is never reused as if it were this run's
+    from wm.errors import ConfigValueError
+
+    with pytest.raises(ConfigValueError, match="labeled_plus_video"):
+        run_action_free(dataclasses.replace(cfg, action_free=dataclasses.replace(cfg.action_free, video_steps="same")))
 
 
 def test_action_free_clips_never_reach_action_or_reward_losses(debug_cfg):
@@ -141,3 +150,39 @@ def test_action_free_clips_never_reach_action_or_reward_losses(debug_cfg):
     before, after = terms(batch), terms(changed)
     for k in ("agent/train/bc", "agent/train/reward", "agent/train/cont"):
         assert after[k] != pytest.approx(before[k]), k
+
+
+def test_seed_summary_means_and_checks(tmp_path):
+    """scripts/action_free_seeds.py: per labelled share, mean and sd over seeds, the paired
+    video-minus-labelled-only difference, and the issue's three checks on the means."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "action_free_seeds", Path(__file__).parents[1] / "scripts" / "action_free_seeds.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def run(seed, full, video, only, h_video, h_only):
+        return {"labeled_frac": 0.1, "seed": seed, "steps": 100, "steps/labeled_plus_video": 200,
+                "gap/full": full, "gap/labeled_plus_video": video, "gap/labeled_only": only,
+                "psnr_h16/k4/full": 25.0, "psnr_h16/k4/labeled_plus_video": h_video,
+                "psnr_h16/k4/labeled_only": h_only, "psnr_h16/k4_shuffled_actions/full": 23.0,
+                "psnr_h4/k4/full": 28.0, "psnr_h16/repeat_last": 23.2}
+
+    paths = []
+    for i, r in enumerate([run(0, 3.0, 2.5, 2.0, 24.9, 24.7), run(1, 3.2, 2.1, 2.4, 24.7, 24.8)]):
+        paths.append(tmp_path / f"s{i}.json")
+        paths[-1].write_text(json.dumps(r))
+    out = tmp_path / "seeds.json"
+    assert mod.main([str(p) for p in paths] + [str(tmp_path / "missing.json"), "--out", str(out)]) == 0
+    share = json.loads(out.read_text())["labeled_frac"]["0.1"]
+    assert share["seeds"] == [0, 1] and share["steps"]["labeled_plus_video"] == 200
+    assert share["gap/full"]["mean"] == pytest.approx(3.1) and share["gap/full"]["sd"] == pytest.approx(0.1414, abs=1e-4)
+    assert share["gap/video_minus_only"]["values"] == pytest.approx([0.5, -0.3])
+    assert share["psnr_h16/k4/video_minus_only"]["mean"] == pytest.approx(0.05)
+    checks = share["checks"]
+    assert checks["gap_video >= 0.7 gap_full"] is True  # 2.3 >= 2.17
+    assert checks["gap_video > gap_only"] is True  # 2.3 > 2.2
+    assert checks["psnr_h16/k4_video > psnr_h16/k4_only"] is True  # 24.8 > 24.75
+    assert mod.main([str(tmp_path / "missing.json"), "--out", str(out)]) == 1

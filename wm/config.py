@@ -239,6 +239,8 @@ class ActionFreeConfig:
     eval_clips: int = 32       # held-out clips every arm is measured on
     out_dir: str = "data/action_free"
     arm: str = ""              # train this arm only (several processes in parallel); '' = every arm
+    video_steps: str = "matched"  # labelled+video arm: 'matched' = steps / (1 - dynamics.video_share), so it
+                                  # gets as many labelled batches as the other arms get steps; 'same' = steps
 
 
 @dataclass(frozen=True)

@@ -266,13 +266,27 @@ ACTION_FREE_ARMS = (("full", 1.0, "video"), ("labeled_plus_video", None, "video"
 ACTION_FREE_METRICS = Path("data/metrics/action_free.json")
 
 
+def arm_steps(af: Any, dyn: Any, name: str) -> int:
+    """Training steps of one arm. The labelled+video arm draws ``dyn.video_share`` of its
+    batches from action-free clips; with ``af.video_steps == 'matched'`` it trains
+    ``steps / (1 - video_share)`` steps, so it sees as many labelled batches as the labelled-only
+    arm (the video comes on top instead of in place of them)."""
+    if name != "labeled_plus_video" or af.video_steps == "same":
+        return af.steps
+    if not 0 <= dyn.video_share < 1:
+        raise ConfigValueError(f"dynamics.video_share must be in [0, 1) for matched steps, got {dyn.video_share}")
+    return int(round(af.steps / (1 - dyn.video_share)))
+
+
 def run_action_free(cfg: Config) -> dict[str, Any]:
     """Dreamer 4's claim on this game: action conditioning from a few labelled episodes, the
     rest of the knowledge from action-free video. Three dynamics models from scratch on the
     same latents and steps -- (a) every action, (b) ``labeled_frac`` of the episodes labelled
     and the others as action-free video, (c) the labelled episodes alone -- each measured on
     the same held-out clips: the action effect ``gap = psnr_h4/kK - psnr_h4/kK_shuffled_actions``
-    and the open-loop PSNR over the whole horizon. Each arm trains in its own directory under
+    and the open-loop PSNR over the whole horizon. The labelled+video arm gets as many labelled
+    batches as the others get steps, the video on top (``action_free.video_steps``, see
+    ``arm_steps``). Each arm trains in its own directory under
     ``action_free.out_dir``; an arm that finished is kept and not retrained if the run is
     interrupted and started again (an unfinished one resumes from its last checkpoint)."""
     import json
@@ -292,24 +306,32 @@ def run_action_free(cfg: Config) -> dict[str, Any]:
     labeled_frames = sum(e["length"] for e in episodes if labels is None or int(e["episode"]) in labels.labeled)
     k, h = dyn.sample_steps, dyn.horizon
     out: dict[str, Any] = {"labeled_frac": af.labeled_frac, "steps": af.steps, "eval_clips": af.eval_clips,
+                           "video_steps": af.video_steps, "video_share": dyn.video_share, "seed": dyn.train.seed,
                            "labeled_episodes": len(labels.labeled) if labels else len(episodes),
                            "train_episodes": len(episodes),
                            "labeled_frame_frac": labeled_frames / max(1, sum(e["length"] for e in episodes))}
     names = [name for name, _, _ in ACTION_FREE_ARMS]
     if af.arm and af.arm not in names:
         raise ConfigValueError(f"action_free.arm must be one of {names} or '', got '{af.arm}'")
+    if af.video_steps not in ("matched", "same"):
+        raise ConfigValueError(f"action_free.video_steps must be 'matched' or 'same', got '{af.video_steps}'")
     cwd, left, walls = os.getcwd(), [], {}
     for name, frac, rest in ACTION_FREE_ARMS:
         arm_dir = root / name
         done = arm_dir / METRICS_PATH
         if done.exists():
             metrics = json.loads(done.read_text())
+            if metrics.get("steps") != arm_steps(af, dyn, name):
+                raise ConfigValueError(
+                    f"{arm_dir} holds a finished {name} arm of {metrics.get('steps')} steps, this run asks for "
+                    f"{arm_steps(af, dyn, name)}: remove that directory or set action_free.out_dir elsewhere")
         elif af.arm and af.arm != name:
             left.append(name)
             continue
         else:
-            train = dataclasses.replace(dyn.train, steps=af.steps, eval_every=af.steps,
-                                        ckpt_every=min(dyn.train.ckpt_every, af.steps))
+            steps = arm_steps(af, dyn, name)
+            train = dataclasses.replace(dyn.train, steps=steps, eval_every=steps,
+                                        ckpt_every=min(dyn.train.ckpt_every, steps))
             arm = dataclasses.replace(base, dynamics=dataclasses.replace(
                 dyn, labeled_frac=af.labeled_frac if frac is None else frac, unlabeled=rest,
                 eval_clips=af.eval_clips, out_dir="checkpoint", train=train))
@@ -320,6 +342,7 @@ def run_action_free(cfg: Config) -> dict[str, Any]:
             finally:
                 os.chdir(cwd)
         walls[name] = metrics["wall_s"]
+        out[f"steps/{name}"] = metrics["steps"]
         out[f"gap/{name}"] = metrics[f"psnr_h4/k{k}"] - metrics[f"psnr_h4/k{k}_shuffled_actions"]
         out[f"psnr_h4/k{k}/{name}"] = metrics[f"psnr_h4/k{k}"]
         out[f"psnr_h{h}/k{k}/{name}"] = metrics[f"psnr_h{h}/k{k}"]
