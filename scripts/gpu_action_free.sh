@@ -11,7 +11,7 @@
 #
 #   OUT=/tmp/x BUDGET=330 SEEDS="0 1 2" FRACS="0.1" THREADS=1 bash scripts/gpu_action_free.sh
 #
-# Inputs (prepared on the CPU machine, carried as ignored paths): data/latents (the committed
+# Inputs (`python scripts/gpu_inputs.py` on the CPU machine, carried as ignored paths): data/latents (the committed
 # run's latents), .gpu/tokenizer (the committed tokenizer, weights only) and .gpu/shards (the
 # held-out shards and two training shards: the evaluation reads frames from them); SHARDS and
 # TOKENIZER point elsewhere (a CPU smoke run: data/shards, data/checkpoints/tokenizer). Outputs

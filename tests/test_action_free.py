@@ -186,3 +186,26 @@ def test_seed_summary_means_and_checks(tmp_path):
     assert checks["gap_video > gap_only"] is True  # 2.3 > 2.2
     assert checks["psnr_h16/k4_video > psnr_h16/k4_only"] is True  # 24.8 > 24.75
     assert mod.main([str(tmp_path / "missing.json"), "--out", str(out)]) == 1
+
+
+def test_gpu_inputs_hold_the_held_out_shards_and_a_loadable_tokenizer(latents_cfg, tmp_path):
+    """scripts/gpu_inputs.py: the held-out shards whole, the training list cut to the shards
+    copied (the manifest still verifies), and the tokenizer without its optimizer state."""
+    import importlib.util
+    from pathlib import Path
+
+    from wm.data.shards import shard_paths
+    from wm.world_model import load_tokenizer
+
+    spec = importlib.util.spec_from_file_location("gpu_inputs", Path(__file__).parents[1] / "scripts" / "gpu_inputs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    _, cfg = latents_cfg
+    out = tmp_path / "gpu"
+    assert mod.main(["--shards", cfg.shard.out_dir, "--tokenizer", cfg.tokenizer.out_dir, "--out", str(out),
+                     "--train-shards", "1"]) == 0
+    assert len(shard_paths(out / "shards", "train")) == 1  # sha256 checked against the cut manifest
+    assert len(shard_paths(out / "shards", "val")) == len(shard_paths(cfg.shard.out_dir, "val"))
+    assert "optimizer" not in torch.load(out / "tokenizer" / "checkpoint.pt", weights_only=False)
+    load_tokenizer(out / "tokenizer")
+    assert mod.main(["--shards", str(tmp_path / "none"), "--out", str(out)]) == 1
