@@ -106,3 +106,28 @@ def test_paper_preset_has_the_papers_model_sizes():
     assert 360e6 < sum(p.numel() for p in tok.parameters()) < 440e6
     assert 1.45e9 < sum(p.numel() for p in dyn.parameters()) < 1.75e9
     assert cfg.dynamics.context == 192 and cfg.tokenizer.n_latents == 256
+
+
+def test_absolute_paths_cover_every_section(debug_cfg, tmp_path):
+    cfg = config_mod.with_absolute_paths(debug_cfg, tmp_path)
+    assert cfg.shard.out_dir == str(tmp_path / debug_cfg.shard.out_dir)
+    assert cfg.tokenizer.out_dir == str(tmp_path / debug_cfg.tokenizer.out_dir)
+    assert cfg.latents.in_dir == str(tmp_path / debug_cfg.latents.in_dir)
+    assert cfg.tokenizer.train.init_from == ""  # empty stays empty
+    assert cfg.tokenizer.patch == debug_cfg.tokenizer.patch  # nothing else moves
+    assert config_mod.with_absolute_paths(cfg, "/elsewhere") == cfg  # absolute paths stay
+
+
+def test_workdir_keeps_a_run_by_hand_away_from_the_committed_metrics(debug_data, tmp_path, monkeypatch):
+    """`wm shard --workdir W`: the shards go where the config says (relative to where the command
+    runs), the stage's metrics to W/data/metrics, and ./data/metrics is not touched."""
+    from wm import cli
+
+    monkeypatch.chdir(tmp_path)
+    rollouts = debug_data["cfg"].shard.in_dir
+    assert cli.main(["shard", "--preset", "debug", "--workdir", "trial", f"shard.in_dir={rollouts}",
+                     "shard.out_dir=mine/shards", "shard.extra_dir="]) == 0
+    assert (tmp_path / "mine/shards/manifest.json").exists()
+    assert (tmp_path / "trial/data/metrics/shard.json").exists()
+    assert not (tmp_path / "data").exists()
+    assert not (tmp_path / "trial/mine").exists()

@@ -30,11 +30,19 @@ def _stage(module: str, trains: bool) -> Callable[[argparse.Namespace], dict[str
 
         cfg = _load_cfg(args)
         stage = importlib.import_module(f"wm.stages.{module}")
-        if trains:
-            return stage.run(cfg, resume=args.resume)
-        if getattr(args, "metrics", None):
-            return stage.run(cfg, metrics_path=args.metrics)
-        return stage.run(cfg)
+        cwd = os.getcwd()
+        if args.workdir:  # the configured folders stay where they are; metrics, plots and logs go there
+            cfg = config_mod.with_absolute_paths(cfg)
+            os.makedirs(args.workdir, exist_ok=True)
+            os.chdir(args.workdir)
+        try:
+            if trains:
+                return stage.run(cfg, resume=args.resume)
+            if getattr(args, "metrics", None):
+                return stage.run(cfg, metrics_path=os.path.join(cwd, args.metrics))
+            return stage.run(cfg)
+        finally:
+            os.chdir(cwd)
 
     return run
 
@@ -109,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, trains) in STAGES.items():
         p = sub.add_parser(name, help=f"run the {module} stage")
         add_common(p)
+        p.add_argument("--workdir", default=None, metavar="DIR",
+                       help="write the stage's metrics, plots and logs under DIR/data/... instead of ./data/... "
+                            "(a run by hand beside the pipeline's committed figures; the configured folders, "
+                            "e.g. tokenizer.out_dir, are read and written where they are)")
         if trains:
             p.add_argument("--resume", action="store_true",
                            help="continue exactly from the stage's last checkpoint (same config)")

@@ -12,6 +12,7 @@ caught at load time.
 from __future__ import annotations
 
 import dataclasses
+import os
 import difflib
 import types
 import typing
@@ -414,6 +415,28 @@ def load(params: str | Path = "params.yaml", overrides: typing.Sequence[str] = (
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of config sections")
     return from_dict(Config, apply_overrides(raw, overrides))
+
+
+PATH_FIELDS = ("in_dir", "out_dir", "extra_dir", "init_from")  # the config's folders (every section's)
+
+
+def with_absolute_paths(cfg: T, root: str | Path | None = None) -> T:
+    """``cfg`` with every folder it names (``PATH_FIELDS``, in any section) made absolute from
+    ``root`` (default: the working directory), so a stage run from another working directory
+    (``wm <stage> --workdir``) reads and writes the same folders; empty fields stay empty."""
+    base = Path(root) if root is not None else Path.cwd()
+
+    def fix(obj: Any) -> Any:
+        changes = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                changes[f.name] = fix(value)
+            elif f.name in PATH_FIELDS and isinstance(value, str) and value:
+                changes[f.name] = os.path.abspath(base / value)
+        return dataclasses.replace(obj, **changes)
+
+    return fix(cfg)
 
 
 def write_params(raw: dict[str, Any], path: str | Path = "params.yaml") -> None:
