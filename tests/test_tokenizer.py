@@ -190,3 +190,32 @@ def test_moving_weight_counts_changing_pixels_more(debug_cfg):
 
     assert loss((2, 2), 0.0) == pytest.approx(loss((5, 5), 0.0))
     assert loss((2, 2), 7.0) == pytest.approx(8 * loss((5, 5), 7.0))
+
+
+def test_grad_balance_script_reports_each_terms_pull(debug_data, debug_raw, tmp_path):
+    """scripts/tokenizer_grad_balance.py on a debug tokenizer: per batch, the two terms' gradient
+    norms, their ratio and cosine, consistent with each other; finite figures."""
+    import importlib.util
+    import math
+    from pathlib import Path
+
+    from conftest import make_cfg, save_init_model
+    from wm import config as config_mod
+    from wm.models.tokenizer import Tokenizer
+
+    spec = importlib.util.spec_from_file_location(
+        "grad_balance", Path(__file__).parents[1] / "scripts" / "tokenizer_grad_balance.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = make_cfg(debug_raw)
+    torch.manual_seed(0)
+    save_init_model(tmp_path / "tok", Tokenizer(cfg.tokenizer, cfg.env.height, cfg.env.width), cfg)
+    config_mod.write_params(debug_raw, tmp_path / "params.yaml")
+    out = mod.grad_balance(str(tmp_path / "tok"), debug_data["cfg"].shard.out_dir, str(tmp_path / "params.yaml"),
+                           batches=2)
+    assert out["batches"] == 2 and len(out["rows"]) == 2
+    for row in out["rows"]:
+        assert all(math.isfinite(v) for v in row.values())
+        assert row["grad_mse"] > 0 and row["grad_lpips"] > 0 and -1 <= row["cos"] <= 1
+        assert row["ratio"] == pytest.approx(row["grad_lpips"] / row["grad_mse"], rel=1e-5)
+    assert out["ratio_min"] <= out["ratio_mean"] <= out["ratio_max"]
