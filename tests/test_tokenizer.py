@@ -219,3 +219,35 @@ def test_grad_balance_script_reports_each_terms_pull(debug_data, debug_raw, tmp_
         assert row["grad_mse"] > 0 and row["grad_lpips"] > 0 and -1 <= row["cos"] <= 1
         assert row["ratio"] == pytest.approx(row["grad_lpips"] / row["grad_mse"], rel=1e-5)
     assert out["ratio_min"] <= out["ratio_mean"] <= out["ratio_max"]
+
+
+def test_grad_balanced_lpips_term_pulls_at_its_weight(debug_cfg):
+    """lpips_balance=grad: at the reconstruction, the perceptual term's gradient is scaled to
+    lpips_weight x the MSE term's norm, whatever the two terms' own scales."""
+    frames = torch.rand(2, 3, 3, 16, 16)
+
+    class Recon(torch.nn.Module):  # the reconstruction is a free parameter
+        def __init__(self):
+            super().__init__()
+            self.out = torch.nn.Parameter(torch.rand(2, 3, 3, 16, 16))
+
+        def forward(self, x, mask):
+            return self.out * 1.0, None
+
+    def far(a, b):  # a stand-in perceptual distance 1000x as steep as the MSE
+        return 1000 * (a - b).abs().mean(dim=(1, 2, 3))
+
+    for balance, weight in (("grad", 0.1), ("grad", 0.5)):
+        cfg = dataclasses.replace(debug_cfg.tokenizer, lpips_weight=weight, lpips_frames=6, lpips_balance=balance,
+                                  moving_weight=0.0, mask_prob=0.0)
+        model = Recon()
+        loss, logs = TokenizerLoss(cfg, far)(model, {"frames": frames})
+        loss.backward()
+        total = model.out.grad.clone()
+        model.out.grad = None
+        TokenizerLoss(dataclasses.replace(cfg, lpips_weight=0.0), None)(model, {"frames": frames})[0].backward()
+        g_mse = model.out.grad
+        assert (total - g_mse).norm().item() == pytest.approx(weight * g_mse.norm().item(), rel=1e-4)
+        assert logs["tokenizer/train/lpips_scale"] > 0
+    with pytest.raises(Exception, match="lpips_balance"):
+        TokenizerLoss(dataclasses.replace(debug_cfg.tokenizer, lpips_balance="both"), None)

@@ -138,6 +138,8 @@ class TokenizerConfig:
     lpips_weight: float
     lpips_frames: int        # frames per batch that go through LPIPS (it dominates CPU cost)
     lpips_net: str           # stlpips_alex | stlpips_vgg | lpips_alex | none (wm/objectives/perceptual.py)
+    lpips_balance: str       # loss: each term / its running RMS (paper) | grad: the perceptual term's gradient at
+                             # the reconstruction scaled to lpips_weight x the MSE term's there
     moving_weight: float     # extra MSE weight on pixels that change from the previous frame (0: plain MSE)
     rms_decay: float         # running RMS used to normalise each loss term
     encoder: TransformerConfig

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from wm.config import TokenizerConfig
+from wm.errors import ConfigValueError
 
 
 class RunningRMS(nn.Module):
@@ -51,6 +52,8 @@ class TokenizerLoss(nn.Module):
     def __init__(self, cfg: TokenizerConfig, lpips_net: nn.Module | None):
         super().__init__()
         self.cfg = cfg
+        if cfg.lpips_balance not in ("loss", "grad"):
+            raise ConfigValueError(f"tokenizer.lpips_balance must be 'loss' or 'grad', got '{cfg.lpips_balance}'")
         self.lpips = lpips_net
         self.mse_rms = RunningRMS(cfg.rms_decay)
         self.lpips_rms = RunningRMS(cfg.rms_decay)
@@ -78,7 +81,16 @@ class TokenizerLoss(nn.Module):
             pred = recon.flatten(0, 1)[idx].float().clamp(0, 1) * 2 - 1
             real = x.flatten(0, 1)[idx] * 2 - 1
             lp = self.lpips(pred, real).mean()
-            loss = loss + self.cfg.lpips_weight * self.lpips_rms.normalize(lp)
+            if self.cfg.lpips_balance == "grad" and torch.is_grad_enabled() and recon.requires_grad:
+                # normalised by its loss value, the perceptual term's gradient is 13-15x the MSE
+                # term's and nearly orthogonal to it (README); here its gradient at the
+                # reconstruction is scaled to lpips_weight x the MSE term's there instead
+                g_mse, g_lp = (torch.autograd.grad(term, recon, retain_graph=True)[0] for term in (loss, lp))
+                scale = (g_mse.norm() / g_lp.norm().clamp_min(1e-12)).detach()
+                loss = loss + self.cfg.lpips_weight * scale * lp
+                logs["tokenizer/train/lpips_scale"] = scale.item()
+            else:
+                loss = loss + self.cfg.lpips_weight * self.lpips_rms.normalize(lp)
             logs["tokenizer/train/lpips"] = lp.item()
         logs["tokenizer/train/loss"] = loss.item()
         return loss, logs
