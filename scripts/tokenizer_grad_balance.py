@@ -23,7 +23,7 @@ def grad_balance(ckpt_dir: str, shard_dir: str, params: str = "params.yaml", bat
                  seed: int = 3) -> dict[str, float]:
     from wm.config import load
     from wm.data.shards import make_clip_loader
-    from wm.objectives.mae import sample_patch_mask
+    from wm.objectives.mae import perceptual_distance, reconstruction_error, sample_patch_mask
     from wm.objectives.perceptual import load_perceptual
     from wm.world_model import load_tokenizer
 
@@ -42,12 +42,8 @@ def grad_balance(ckpt_dir: str, shard_dir: str, params: str = "params.yaml", bat
         b, n = x.shape[:2]
         mask = sample_patch_mask(b, n, tok.n_patches, t.mask_max, x.device, t.mask_prob)
         recon, _ = tok(x, mask)
-        w = torch.ones_like(x[:, :, :1])
-        if n > 1:
-            w[:, 1:] += t.moving_weight * ((x[:, 1:] - x[:, :-1]).abs() > 0.1).any(2, keepdim=True)
-        mse = ((recon.float() - x).pow(2) * w).mean() / w.mean()
-        idx = torch.randperm(b * n)[: t.lpips_frames]
-        lp = net(recon.flatten(0, 1)[idx].clamp(0, 1) * 2 - 1, x.flatten(0, 1)[idx] * 2 - 1).mean()
+        mse, _ = reconstruction_error(recon, x, t.moving_weight)
+        lp = perceptual_distance(net, recon, x, torch.randperm(b * n)[: t.lpips_frames])
         g_mse = torch.autograd.grad(mse / mse.detach(), weights, retain_graph=True)
         g_lp = [g if g is not None else torch.zeros_like(p)
                 for g, p in zip(torch.autograd.grad(lp / lp.detach(), weights, allow_unused=True), weights)]

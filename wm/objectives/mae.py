@@ -46,6 +46,27 @@ def sample_patch_mask(batch: int, time: int, n_patches: int, mask_max: float, de
     return torch.rand(batch, time, n_patches, device=device) < ratio
 
 
+def reconstruction_error(recon: torch.Tensor, x: torch.Tensor, moving_weight: float
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the MSE term the tokenizer trains on, the plain MSE) of (B, T, 3, H, W) frames: in the
+    term, pixels that change from the previous frame (bullets, enemies) count (1 + moving_weight)
+    times; with no weight or a single frame it is the plain MSE."""
+    err = (recon.float() - x).pow(2)
+    mse = err.mean()
+    if moving_weight > 0 and x.shape[1] > 1:
+        w = torch.ones_like(x[:, :, :1])
+        w[:, 1:] += moving_weight * ((x[:, 1:] - x[:, :-1]).abs() > 0.1).any(2, keepdim=True)
+        return (err * w).mean() / w.mean(), mse
+    return mse, mse
+
+
+def perceptual_distance(net: nn.Module, recon: torch.Tensor, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Mean perceptual distance of the frames ``idx`` (indices into B * T), images mapped to [-1, 1]."""
+    pred = recon.flatten(0, 1)[idx].float().clamp(0, 1) * 2 - 1
+    real = x.flatten(0, 1)[idx] * 2 - 1
+    return net(pred, real).mean()
+
+
 class TokenizerLoss(nn.Module):
     """Callable ``(model, batch) -> (loss, logs)``; holds the running RMS statistics."""
 
@@ -65,22 +86,13 @@ class TokenizerLoss(nn.Module):
         n_patches = (x.shape[-2] // self.cfg.patch) * (x.shape[-1] // self.cfg.patch)
         mask = sample_patch_mask(b, t, n_patches, self.cfg.mask_max, x.device, self.cfg.mask_prob)
         recon, _ = model(x, mask)
-        err = (recon.float() - x).pow(2)
-        mse = err.mean()
-        if self.cfg.moving_weight > 0 and t > 1:
-            # pixels that change from the previous frame (bullets, enemies) count (1 + w) times
-            w = torch.ones_like(x[:, :, :1])
-            w[:, 1:] += self.cfg.moving_weight * ((x[:, 1:] - x[:, :-1]).abs() > 0.1).any(2, keepdim=True)
-            loss = self.mse_rms.normalize((err * w).mean() / w.mean())
-        else:
-            loss = self.mse_rms.normalize(mse)
+        term, mse = reconstruction_error(recon, x, self.cfg.moving_weight)
+        loss = self.mse_rms.normalize(term)
         logs = {"tokenizer/train/mse": mse.item(), "tokenizer/train/mask_ratio": mask.float().mean().item()}
         if self.lpips is not None and self.cfg.lpips_weight > 0:
             k = min(self.cfg.lpips_frames, b * t)
             idx = torch.randperm(b * t, device=x.device)[:k]
-            pred = recon.flatten(0, 1)[idx].float().clamp(0, 1) * 2 - 1
-            real = x.flatten(0, 1)[idx] * 2 - 1
-            lp = self.lpips(pred, real).mean()
+            lp = perceptual_distance(self.lpips, recon, x, idx)
             if self.cfg.lpips_balance == "grad" and torch.is_grad_enabled() and recon.requires_grad:
                 # normalised by its loss value, the perceptual term's gradient is 13-15x the MSE
                 # term's and nearly orthogonal to it (README); here its gradient at the

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from wm.atomic import write_bytes_atomic, write_json_atomic
-from wm.config import Config, to_dict
+from wm.config import Config, to_dict, with_absolute_paths
 from wm.errors import ConfigValueError
 from wm.data.shards import (EpisodeLabels, episode_labels, has_clips, make_clip_loader, mixed_batches, train_batches,
                             video_latents_dir)
@@ -297,10 +297,7 @@ def run_action_free(cfg: Config) -> dict[str, Any]:
 
     af, dyn = cfg.action_free, cfg.dynamics
     root = Path(af.out_dir).resolve()
-    base = dataclasses.replace(
-        cfg, latents=dataclasses.replace(cfg.latents, out_dir=str(Path(cfg.latents.out_dir).resolve())),
-        shard=dataclasses.replace(cfg.shard, out_dir=str(Path(cfg.shard.out_dir).resolve())),
-        tokenizer=dataclasses.replace(cfg.tokenizer, out_dir=str(Path(cfg.tokenizer.out_dir).resolve())))
+    base = with_absolute_paths(cfg)  # each arm runs in its own directory
     labels = episode_labels(base.latents.out_dir, "train", af.labeled_frac, dyn.train.seed, False)
     episodes = read_manifest(base.latents.out_dir)["splits"]["train"]["episodes"]
     labeled_frames = sum(e["length"] for e in episodes if labels is None or int(e["episode"]) in labels.labeled)
@@ -319,17 +316,17 @@ def run_action_free(cfg: Config) -> dict[str, Any]:
     for name, frac, rest in ACTION_FREE_ARMS:
         arm_dir = root / name
         done = arm_dir / METRICS_PATH
+        steps = arm_steps(af, dyn, name)
         if done.exists():
             metrics = json.loads(done.read_text())
-            if metrics.get("steps") != arm_steps(af, dyn, name):
+            if metrics.get("steps") != steps:
                 raise ConfigValueError(
                     f"{arm_dir} holds a finished {name} arm of {metrics.get('steps')} steps, this run asks for "
-                    f"{arm_steps(af, dyn, name)}: remove that directory or set action_free.out_dir elsewhere")
+                    f"{steps}: remove that directory or set action_free.out_dir elsewhere")
         elif af.arm and af.arm != name:
             left.append(name)
             continue
         else:
-            steps = arm_steps(af, dyn, name)
             train = dataclasses.replace(dyn.train, steps=steps, eval_every=steps,
                                         ckpt_every=min(dyn.train.ckpt_every, steps))
             arm = dataclasses.replace(base, dynamics=dataclasses.replace(
