@@ -16,9 +16,32 @@ import torch
 from PIL import Image
 
 from wm import config as config_mod
+from wm.config import Config
 from wm.metrics import psnr
 from wm.stages.train_tokenizer import build_tokenizer, val_batches
 from wm.training.trainer import load_trained
+
+
+def checkpoint_stats(cfg: Config, path: str, batches: list[dict[str, torch.Tensor]]) -> dict:
+    """The tokenizer at ``path`` on ``batches``: ``psnr`` (per-frame values), ``patch_rmse``
+    (per patch position), ``constant_channels`` (latent channels with sd < 0.05), ``pixel_rmse``."""
+    model = build_tokenizer(cfg)
+    load_trained(model, path)
+    model.eval()
+    sq, frames, zs, ps = 0.0, 0, [], []
+    with torch.no_grad():
+        for b in batches:
+            x = b["frames"].float() / 255
+            z = model.encode(x)
+            r = model.decode(z).clamp(0, 1)
+            sq = sq + (r - x).pow(2).sum((0, 1))  # (3, H, W)
+            frames += x.shape[0] * x.shape[1]
+            zs.append(z.flatten(0, 1))
+            ps.append(psnr(r.flatten(0, 1), x.flatten(0, 1)))
+    pixel = sq.mean(0) / frames
+    patch = torch.nn.functional.avg_pool2d(pixel[None, None], cfg.tokenizer.patch)[0, 0]
+    return {"psnr": torch.cat(ps).numpy(), "patch_rmse": patch.sqrt().numpy(),
+            "constant_channels": int((torch.cat(zs).std(0) < 0.05).sum()), "pixel_rmse": pixel.sqrt()}
 
 
 def main() -> None:
@@ -32,26 +55,12 @@ def main() -> None:
     batches = val_batches(cfg)
     maps = []
     for path in args.checkpoints.split(","):
-        model = build_tokenizer(cfg)
-        load_trained(model, path)
-        model.eval()
-        sq, frames, zs, ps = 0.0, 0, [], []
-        with torch.no_grad():
-            for b in batches:
-                x = b["frames"].float() / 255
-                z = model.encode(x)
-                r = model.decode(z).clamp(0, 1)
-                sq = sq + (r - x).pow(2).sum((0, 1))  # (3, H, W)
-                frames += x.shape[0] * x.shape[1]
-                zs.append(z.flatten(0, 1))
-                ps.append(psnr(r.flatten(0, 1), x.flatten(0, 1)))
-        p = torch.cat(ps).numpy()
-        sd = torch.cat(zs).std(0)
-        patch = torch.nn.functional.avg_pool2d(sq.mean(0)[None, None] / frames, cfg.tokenizer.patch)[0, 0]
+        s = checkpoint_stats(cfg, path, batches)
+        p = s["psnr"]
         print(f"{path}: val/psnr {p.mean():.2f}, per-frame q5/25/50/75/95 {np.round(np.percentile(p, [5, 25, 50, 75, 95]), 2)}, "
-              f"constant latent channels {int((sd < 0.05).sum())} of {sd.numel()}")
-        print("  patch RMSE x1000:\n", (patch.sqrt() * 1000).round().int().numpy())
-        maps.append((sq.mean(0) / frames).sqrt())
+              f"constant latent channels {s['constant_channels']}")
+        print("  patch RMSE x1000:\n", (s["patch_rmse"] * 1000).round().astype(int))
+        maps.append(s["pixel_rmse"])
     img = torch.cat(maps, 1)
     arr = (img / img.max()).numpy() * 255
     Image.fromarray(arr.astype(np.uint8)).resize((arr.shape[1] * 4, arr.shape[0] * 4), Image.NEAREST).save(args.out)

@@ -42,7 +42,7 @@ def grad_balance(ckpt_dir: str, shard_dir: str, params: str = "params.yaml", bat
         b, n = x.shape[:2]
         mask = sample_patch_mask(b, n, tok.n_patches, t.mask_max, x.device, t.mask_prob)
         recon, _ = tok(x, mask)
-        mse, _ = reconstruction_error(recon, x, t.moving_weight)
+        mse, _ = reconstruction_error(recon, x, t.moving_weight, t.hard_frac, t.hard_weight)
         lp = perceptual_distance(net, recon, x, torch.randperm(b * n)[: t.lpips_frames])
         g_mse = torch.autograd.grad(mse / mse.detach(), weights, retain_graph=True)
         g_lp = [g if g is not None else torch.zeros_like(p)

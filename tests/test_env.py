@@ -195,3 +195,32 @@ def test_boxmax_resize_keeps_small_objects_brighter(debug_cfg):
     assert lift(out["box"]) < 20 and lift(out["boxmax"]) > 2.5 * lift(out["box"])
     with pytest.raises(ValueError, match="env.resize"):
         RetroEnv(dataclasses.replace(debug_cfg.env, resize="nearest"))
+
+
+def test_crop_cuts_shares_of_the_native_frame_and_rejects_bad_shares():
+    from wm.errors import ConfigValueError
+    from wm.envs.retro import check_crop, crop_frame
+
+    frame = np.arange(224 * 320 * 3, dtype=np.int64).reshape(224, 320, 3)
+    out = crop_frame(frame, [0.11, 0.0, 0.05, 0.05])  # 24.64 -> 25 rows; 16 columns each side
+    assert out.shape == (199, 288, 3) and (out == frame[25:, 16:304]).all()
+    assert crop_frame(frame, [0.0, 0.0, 0.0, 0.0]) is frame
+    check_crop([0.11, 0.0, 0.0, 0.0])
+    for bad in ([0.5, 0.5, 0.0, 0.0], [-0.1, 0.0, 0.0, 0.0], [0.1, 0.0, 0.0]):
+        with pytest.raises(ConfigValueError, match="env.crop"):
+            check_crop(bad)
+
+
+def test_aim_policy_bands_follow_the_crop():
+    """Uncropped, the aim policy reads rows 36-57 (ship) and 6-49 (enemies) of a 64-row frame;
+    with the top 11 % cut the same native rows land at 33-56 and 0-47."""
+    from wm.envs.policies import AimPolicy
+
+    amap = [[], ["LEFT"], ["RIGHT"], ["B"], ["LEFT", "B"], ["RIGHT", "B"]]
+    assert AimPolicy(amap, 2, ("B",)).bands(64) == (slice(36, 58), slice(6, 50))
+    assert AimPolicy(amap, 2, ("B",), [0.11, 0.0, 0.0, 0.0]).bands(64) == (slice(33, 57), slice(0, 48))
+    # a ship (white) at native row ~150 and an enemy (red) right of it: the cropped policy steers right
+    obs = np.zeros((64, 64, 3), np.uint8)
+    obs[45, 20] = 255
+    obs[10, 40] = (200, 0, 0)
+    assert AimPolicy(amap, 2, ("B",), [0.11, 0.0, 0.0, 0.0]).target_direction(obs) == 1

@@ -192,6 +192,28 @@ def test_moving_weight_counts_changing_pixels_more(debug_cfg):
     assert loss((2, 2), 7.0) == pytest.approx(8 * loss((5, 5), 7.0))
 
 
+def test_hard_pixels_count_more_by_hand():
+    """hard_frac / hard_weight: in each frame the given share of pixels with the largest error
+    (summed over channels) count (1 + weight) times, the weights normalised to a weighted mean.
+    One 4x4 frame, 2 of 16 pixels hard (hard_frac 1/8): errors 0.5 (one channel) and 0.3 (three
+    channels) are the two largest; a smaller error elsewhere stays at weight 1."""
+    from wm.objectives.mae import reconstruction_error
+
+    x = torch.zeros(1, 1, 3, 4, 4)
+    recon = x.clone()
+    recon[0, 0, 0, 0, 0] = 0.5        # pixel error 0.25
+    recon[0, 0, :, 1, 1] = 0.3        # pixel error 3 * 0.09 = 0.27
+    recon[0, 0, 2, 3, 3] = 0.2        # pixel error 0.04: not among the top 2
+    total = 0.25 + 0.27 + 0.04
+    term, mse = reconstruction_error(recon, x, 0.0)
+    assert term.item() == pytest.approx(total / 48) and mse.item() == pytest.approx(total / 48)
+    term, mse = reconstruction_error(recon, x, 0.0, hard_frac=2 / 16, hard_weight=3.0)
+    # weights: 4 on the two hard pixels (all three channels), 1 elsewhere; mean weight (2 * 4 + 14) / 16
+    expect = ((0.25 + 0.27) * 4 + 0.04) / 48 / ((2 * 4 + 14) / 16)
+    assert term.item() == pytest.approx(expect) and mse.item() == pytest.approx(total / 48)
+    assert reconstruction_error(recon, x, 0.0, hard_frac=2 / 16, hard_weight=0.0)[0].item() == pytest.approx(total / 48)
+
+
 def test_grad_balance_script_reports_each_terms_pull(debug_data, debug_raw, tmp_path):
     """scripts/tokenizer_grad_balance.py on a debug tokenizer: per batch, the two terms' gradient
     norms, their ratio and cosine, consistent with each other; finite figures."""
@@ -219,6 +241,47 @@ def test_grad_balance_script_reports_each_terms_pull(debug_data, debug_raw, tmp_
         assert row["grad_mse"] > 0 and row["grad_lpips"] > 0 and -1 <= row["cos"] <= 1
         assert row["ratio"] == pytest.approx(row["grad_lpips"] / row["grad_mse"], rel=1e-5)
     assert out["ratio_min"] <= out["ratio_mean"] <= out["ratio_max"]
+
+
+def test_seed_spread_script_aggregates_runs(debug_data, debug_raw, tmp_path):
+    """scripts/tokenizer_seeds.py over two run folders (a debug tokenizer each, trained on the
+    debug shards, with the stage's metrics file): per-seed figures as written, constant channels
+    and the three worst patch positions from the weights, and mean / sd computed as by hand."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    from conftest import make_cfg, save_init_model
+    from wm.models.tokenizer import Tokenizer
+
+    scripts = Path(__file__).parents[1] / "scripts"
+    sys.path.insert(0, str(scripts))
+    try:
+        spec = importlib.util.spec_from_file_location("tokenizer_seeds", scripts / "tokenizer_seeds.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(scripts))
+    runs, psnrs = [], (30.0, 31.0)
+    for seed, p in enumerate(psnrs):
+        run = tmp_path / f"s{seed}"
+        cfg = make_cfg(debug_raw, f"shard.out_dir={debug_data['cfg'].shard.out_dir}", f"tokenizer.train.seed={seed}")
+        torch.manual_seed(seed)
+        save_init_model(run / "ckpt", Tokenizer(cfg.tokenizer, cfg.env.height, cfg.env.width), cfg)
+        (run / "data" / "metrics").mkdir(parents=True)
+        (run / "data" / "metrics" / "tokenizer.json").write_text(
+            json.dumps({"val/psnr": p, "val/psnr_moving": p - 10, "train_steps_per_s": 2.0}))
+        runs.append(run)
+    out = mod.seed_spread(runs)
+    assert set(out["seeds"]) == {"0", "1"}
+    assert out["seeds"]["1"]["val/psnr"] == 31.0 and out["seeds"]["0"]["val/psnr_moving"] == 20.0
+    assert out["val/psnr_mean"] == pytest.approx(30.5) and out["val/psnr_sd"] == pytest.approx(0.5 ** 0.5)
+    assert "val/lpips_mean" not in out  # no run reported it
+    for s in out["seeds"].values():
+        assert isinstance(s["constant_latent_channels"], int)
+        worst = [w["rmse_x1000"] for w in s["worst_patches"]]
+        assert len(worst) == 3 and worst == sorted(worst, reverse=True) and worst[0] > 0
 
 
 def test_grad_balanced_lpips_term_pulls_at_its_weight(debug_cfg):

@@ -114,3 +114,12 @@ def test_videos_flow_through_the_pipeline(tmp_path, debug_data, debug_raw):
     assert torch.isfinite(loss)
     grad = model.action_embed.weight.grad.abs().sum(-1)
     assert grad[-1] > 0 and (grad[:-1] == 0).all()
+
+
+def test_decode_crops_before_resizing(video_dir):
+    """``crop`` [top, bottom, left, right] shares cut the decoded frame as env.crop cuts the
+    game's: the middle half of a 64x48 video at its own scale equals rows 12-35 of the whole."""
+    whole = decode_video(video_dir / "b.avi", 48, 64, fps=10)
+    middle = decode_video(video_dir / "b.avi", 24, 64, fps=10, crop=(0.25, 0.25, 0.0, 0.0))
+    assert middle.shape == (10, 24, 64, 3)
+    assert np.abs(middle.astype(int) - whole[:, 12:36].astype(int)).mean() < 2

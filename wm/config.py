@@ -47,6 +47,7 @@ class EnvConfig:
     maxpool: bool            # observation = max over the last two emulator frames (flickering sprites)
     resize: str              # box: area average to height x width | boxmax: area average to 2x, then 2x2 max
     noop_max: int            # reset plays U{0..noop_max} no-op agent steps (varied starts; 0: off)
+    crop: list[float]        # [top, bottom, left, right]: shares of the native frame cut off before the resize
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,8 @@ class TokenizerConfig:
     lpips_balance: str       # loss: each term / its running RMS (paper) | grad: the perceptual term's gradient at
                              # the reconstruction scaled to lpips_weight x the MSE term's there
     moving_weight: float     # extra MSE weight on pixels that change from the previous frame (0: plain MSE)
+    hard_frac: float         # share of each frame's pixels with the largest error that get hard_weight more
+    hard_weight: float       # extra MSE weight on those hard pixels (0: off)
     rms_decay: float         # running RMS used to normalise each loss term
     encoder: TransformerConfig
     decoder: TransformerConfig

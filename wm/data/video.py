@@ -42,17 +42,18 @@ def ffmpeg_exe() -> str:
         raise VideoError("no ffmpeg binary: install imageio-ffmpeg or `apt-get install ffmpeg`") from err
 
 
-def decode_video(path: str | Path, height: int, width: int, fps: float) -> np.ndarray:
-    """(T, height, width, 3) uint8 frames of ``path`` at ``fps``."""
+def decode_video(path: str | Path, height: int, width: int, fps: float,
+                 crop: list[float] | tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)) -> np.ndarray:
+    """(T, height, width, 3) uint8 frames of ``path`` at ``fps``, the ``crop`` shares [top,
+    bottom, left, right] of each frame cut off before the resize (as the env does: ``env.crop``)."""
     import ffmpeg
 
     path = Path(path)
-    stream = (
-        ffmpeg.input(str(path))
-        .filter("fps", fps=fps)
-        .filter("scale", width, height, flags="area")
-        .output("pipe:", format="rawvideo", pix_fmt="rgb24")
-    )
+    stream = ffmpeg.input(str(path)).filter("fps", fps=fps)
+    if any(crop):
+        top, bottom, left, right = crop
+        stream = stream.filter("crop", f"iw*{1 - left - right}", f"ih*{1 - top - bottom}", f"iw*{left}", f"ih*{top}")
+    stream = stream.filter("scale", width, height, flags="area").output("pipe:", format="rawvideo", pix_fmt="rgb24")
     try:
         out, _ = stream.run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True, quiet=True)
     except ffmpeg.Error as err:
@@ -64,8 +65,9 @@ def decode_video(path: str | Path, height: int, width: int, fps: float) -> np.nd
     return np.frombuffer(out, np.uint8).reshape(-1, height, width, 3).copy()
 
 
-def video_episode(path: Path, index: int, height: int, width: int, fps: float) -> Episode:
-    frames = decode_video(path, height, width, fps)
+def video_episode(path: Path, index: int, height: int, width: int, fps: float,
+                  crop: list[float] | tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)) -> Episode:
+    frames = decode_video(path, height, width, fps, crop)
     t = len(frames)
     return Episode(
         frames=frames,
@@ -97,7 +99,7 @@ def import_videos(video_dir: str | Path, out_dir: str | Path, cfg: Config, fps: 
         episodes = []
         for path in files:
             try:
-                ep = video_episode(path, len(episodes), cfg.env.height, cfg.env.width, fps)
+                ep = video_episode(path, len(episodes), cfg.env.height, cfg.env.width, fps, cfg.env.crop)
             except VideoError as err:
                 print(f"wm import-videos: error: {err}", file=sys.stderr)
                 failed.append({"file": str(path), "error": str(err)})

@@ -135,17 +135,26 @@ class RandomFireRate(FireSchedule):
         return self.with_fire[m] if self._rng.random() < self.rate else self.no_fire[m]
 
 
+# Where AimPolicy looks, as shares of the native (uncropped) frame height: rows 36-57 and 6-49
+# of the 64-row frame (the ship never leaves the lower band; the score line sits above the upper).
+AIM_BANDS = {"ship": (36 / 64, 58 / 64), "enemies": (6 / 64, 50 / 64)}
+
+
 class AimPolicy(FireSchedule):
     """A hand-written Airstriker reference: fire every ``every``-th step and move under the
-    nearest enemy (a random move when none is seen). It reads the 64x64 frame with fixed colour
-    rules (the ship: white pixels in rows 36-57; enemies: red pixels in rows 6-49), so it plays
+    nearest enemy (a random move when none is seen). It reads the frame with fixed colour
+    rules (the ship: white pixels in rows 36-57 of the uncropped 64x64 frame; enemies: red pixels
+    in rows 6-49; both bands follow ``env.crop``, see ``AIM_BANDS``), so it plays
     decoded imagined frames as it plays real ones. It is the yardstick for *aiming*: in the real
     game it earns about twice random play's reward per step (README), so a world model that
     prices it like random play does not tie kills to where the ship is."""
 
-    def __init__(self, action_map: list[list[str]], every: int = 2, fire: tuple[str, ...] = ("B",)):
+    def __init__(self, action_map: list[list[str]], every: int = 2, fire: tuple[str, ...] = ("B",),
+                 crop: list[float] | tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)):
         super().__init__(action_map, every, fire)
         self.name = f"aim_fire_every_{every}"
+        self.crop = tuple(crop)
+        self._bands: dict[int, tuple[slice, slice]] = {}
         moves = {tuple(sorted(b for b in combo if b not in fire)): a for a, combo in enumerate(action_map)
                  if not any(b in fire for b in combo)}
         if ("LEFT",) not in moves or ("RIGHT",) not in moves or () not in moves:
@@ -160,13 +169,26 @@ class AimPolicy(FireSchedule):
         o = obs.astype(np.int16)
         white = (o[..., 0] > 150) & (o[..., 1] > 150) & (o[..., 2] > 150)
         red = (o[..., 0] > 140) & (o[..., 1] < 90)
-        ship, enemies = np.argwhere(white[36:58]), np.argwhere(red[6:50])
+        ship_rows, enemy_rows = self.bands(o.shape[0])
+        ship, enemies = np.argwhere(white[ship_rows]), np.argwhere(red[enemy_rows])
         if len(ship) == 0 or len(enemies) == 0:
             return None
         x = ship[:, 1].mean()
         lowest = enemies[enemies[:, 0] >= enemies[:, 0].max() - 4]  # the nearest row of enemies
         target = lowest[np.argmin(np.abs(lowest[:, 1] - x)), 1]
         return 0 if abs(target - x) < 1.5 else (1 if target > x else -1)
+
+    def bands(self, height: int) -> tuple[slice, slice]:
+        """The ship's and the enemies' row bands in a ``height``-row frame cut by ``self.crop``."""
+        if height not in self._bands:
+            top, bottom = self.crop[:2]
+
+            def rows(band: tuple[float, float]) -> slice:
+                lo, hi = (min(height, max(0, round((f - top) / (1 - top - bottom) * height))) for f in band)
+                return slice(lo, hi)
+
+            self._bands[height] = (rows(AIM_BANDS["ship"]), rows(AIM_BANDS["enemies"]))
+        return self._bands[height]
 
     def act(self, obs: np.ndarray) -> int:
         d = self.target_direction(obs)
@@ -192,8 +214,9 @@ class AimMix:
 
     name = "aim_mix"
 
-    def __init__(self, action_map: list[list[str]], fire: tuple[str, ...] = ("B",)):
-        self.aim = AimPolicy(action_map, 2, fire)
+    def __init__(self, action_map: list[list[str]], fire: tuple[str, ...] = ("B",),
+                 crop: list[float] | tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)):
+        self.aim = AimPolicy(action_map, 2, fire, crop)
         self.random = RandomFireRate(action_map, fire)
         self.skill = 0.5
         self._rng = np.random.default_rng(0)
@@ -216,7 +239,9 @@ SCHEDULED = ("fire_every_", "aim_fire_every_")                       # prefixes 
 
 def make_policy(name: str, n_actions: int, sticky_mean_steps: float = 4.0,
                 tokenizer_dir: str = "data/checkpoints/tokenizer",
-                action_map: list[list[str]] | None = None, fire: tuple[str, ...] = ("B",)) -> Policy:
+                action_map: list[list[str]] | None = None, fire: tuple[str, ...] = ("B",),
+                crop: list[float] | tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)) -> Policy:
+    """The policy called ``name``; ``crop`` is the env's (the aiming policies read frame rows)."""
     if name == "random":
         return RandomPolicy(n_actions)
     if name == "sticky_random":
@@ -231,9 +256,9 @@ def make_policy(name: str, n_actions: int, sticky_mean_steps: float = 4.0,
     if name == "random_fire_rate":
         return RandomFireRate(action_map, fire)
     if name == "aim_mix":
-        return AimMix(action_map, fire)
+        return AimMix(action_map, fire, crop)
     if name.startswith("aim_fire_every_"):
-        return AimPolicy(action_map, int(name.removeprefix("aim_fire_every_")), fire)
+        return AimPolicy(action_map, int(name.removeprefix("aim_fire_every_")), fire, crop)
     if name == "never_fire" or name.startswith("fire_every_"):
         every = 0 if name == "never_fire" else int(name.removeprefix("fire_every_"))
         return FireSchedule(action_map, every, fire)

@@ -4,7 +4,8 @@
 frameskip (rewards summed; the observation is the last emulator frame, or with ``maxpool``
 the pixel-wise max of the last two, since sprites flicker), sticky actions (the previous
 action is repeated with probability ``sticky_prob``, as in ALE v5), a resize to
-``height x width`` RGB inside the env (so worker processes ship small frames), random no-op
+``height x width`` RGB inside the env (so worker processes ship small frames; ``crop`` cuts
+shares of the native frame's edges off first, e.g. a score line), random no-op
 starts (``noop_max``) and a step limit. The raw MultiBinary buttons pressed are returned in
 ``info["buttons"]`` and the lives left in ``info["lives"]`` (-1 if the game has none).
 
@@ -83,6 +84,7 @@ class RetroEnv(gym.Env):
             raise ConfigValueError(f"env.fire_mode must be 'hold' or 'tap', got '{cfg.fire_mode}'")
         if cfg.resize not in ("box", "boxmax"):
             raise ConfigValueError(f"env.resize must be 'box' or 'boxmax', got '{cfg.resize}'")
+        check_crop(cfg.crop)
         if cfg.noop_max < 0:
             raise ConfigValueError(f"env.noop_max must be >= 0, got {cfg.noop_max}")
         self.tap_mask = build_button_table([list(cfg.tap_buttons)], self.buttons, cfg.game)[0].astype(bool)
@@ -98,6 +100,7 @@ class RetroEnv(gym.Env):
         return len(self.buttons)
 
     def _resize(self, frame: np.ndarray) -> np.ndarray:
+        frame = crop_frame(frame, self.cfg.crop)
         h, w = frame.shape[:2]
         if (h, w) == (self.cfg.height, self.cfg.width):
             return frame
@@ -158,6 +161,22 @@ class RetroEnv(gym.Env):
 
     def close(self) -> None:
         self._emu.close()
+
+
+def check_crop(crop: list[float]) -> None:
+    """``env.crop`` is four shares [top, bottom, left, right], each >= 0, leaving some frame."""
+    if len(crop) != 4 or any(not 0 <= c < 1 for c in crop) or crop[0] + crop[1] >= 1 or crop[2] + crop[3] >= 1:
+        raise ConfigValueError(f"env.crop must be four shares [top, bottom, left, right] in [0, 1) that leave "
+                               f"part of the frame (top + bottom < 1, left + right < 1), got {list(crop)}")
+
+
+def crop_frame(frame: np.ndarray, crop: list[float]) -> np.ndarray:
+    """(H, W, C) frame without the ``crop`` shares of its edges (rounded to whole pixels)."""
+    if not any(crop):
+        return frame
+    h, w = frame.shape[:2]
+    top, bottom, left, right = (round(c * n) for c, n in zip(crop, (h, h, w, w)))
+    return frame[top:h - bottom, left:w - right]
 
 
 def build_button_table(action_map: list[list[str]], buttons: list[str], game: str) -> np.ndarray:

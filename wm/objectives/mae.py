@@ -46,18 +46,30 @@ def sample_patch_mask(batch: int, time: int, n_patches: int, mask_max: float, de
     return torch.rand(batch, time, n_patches, device=device) < ratio
 
 
-def reconstruction_error(recon: torch.Tensor, x: torch.Tensor, moving_weight: float
+def reconstruction_error(recon: torch.Tensor, x: torch.Tensor, moving_weight: float,
+                         hard_frac: float = 0.0, hard_weight: float = 0.0
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the MSE term the tokenizer trains on, the plain MSE) of (B, T, 3, H, W) frames: in the
-    term, pixels that change from the previous frame (bullets, enemies) count (1 + moving_weight)
-    times; with no weight or a single frame it is the plain MSE."""
+    """(the MSE term the tokenizer trains on, the plain MSE) of (B, T, 3, H, W) frames. In the
+    term, pixels that change from the previous frame (bullets, enemies) count ``moving_weight``
+    more, and in each frame the ``hard_frac`` share of pixels with the largest error (summed over
+    channels; the score digits and small objects a blurry model misses) counts ``hard_weight``
+    more; the weights are normalised so that the term stays a weighted mean. With no weights (or a
+    single frame for the moving weight) it is the plain MSE."""
     err = (recon.float() - x).pow(2)
     mse = err.mean()
+    w = None
     if moving_weight > 0 and x.shape[1] > 1:
         w = torch.ones_like(x[:, :, :1])
         w[:, 1:] += moving_weight * ((x[:, 1:] - x[:, :-1]).abs() > 0.1).any(2, keepdim=True)
-        return (err * w).mean() / w.mean(), mse
-    return mse, mse
+    if hard_weight > 0 and hard_frac > 0:
+        pix = err.detach().sum(2).flatten(2)  # (B, T, H * W)
+        k = max(1, round(hard_frac * pix.shape[-1]))
+        kth = pix.topk(k, dim=-1).values[..., -1:]
+        hard = (pix >= kth).view(x.shape[0], x.shape[1], 1, *x.shape[-2:])
+        w = (torch.ones_like(x[:, :, :1]) if w is None else w) + hard_weight * hard
+    if w is None:
+        return mse, mse
+    return (err * w).mean() / w.mean(), mse
 
 
 def perceptual_distance(net: nn.Module, recon: torch.Tensor, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -86,7 +98,7 @@ class TokenizerLoss(nn.Module):
         n_patches = (x.shape[-2] // self.cfg.patch) * (x.shape[-1] // self.cfg.patch)
         mask = sample_patch_mask(b, t, n_patches, self.cfg.mask_max, x.device, self.cfg.mask_prob)
         recon, _ = model(x, mask)
-        term, mse = reconstruction_error(recon, x, self.cfg.moving_weight)
+        term, mse = reconstruction_error(recon, x, self.cfg.moving_weight, self.cfg.hard_frac, self.cfg.hard_weight)
         loss = self.mse_rms.normalize(term)
         logs = {"tokenizer/train/mse": mse.item(), "tokenizer/train/mask_ratio": mask.float().mean().item()}
         if self.lpips is not None and self.cfg.lpips_weight > 0:

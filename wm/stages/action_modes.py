@@ -37,7 +37,7 @@ def _init(env_cfg: EnvConfig, policy: str) -> None:
 
     _STATE["env"] = RetroEnv(env_cfg)
     _STATE["policy"] = make_policy(policy, _STATE["env"].action_space.n, action_map=env_cfg.action_map,
-                                   fire=tuple(env_cfg.tap_buttons))
+                                   fire=tuple(env_cfg.tap_buttons), crop=env_cfg.crop)
 
 
 def fire_presses(buttons: np.ndarray, tap: np.ndarray, fire_mode: str) -> np.ndarray:

@@ -51,7 +51,7 @@ def collect_worker(
 
     env = RetroEnv(env_cfg)
     policy = make_policy(policy_name, env.action_space.n, sticky_mean_steps, action_map=env_cfg.action_map,
-                         fire=tuple(env_cfg.tap_buttons))
+                         fire=tuple(env_cfg.tap_buttons), crop=env_cfg.crop)
     infos: list[dict[str, Any]] = []
     stored = 0
     pending = 0

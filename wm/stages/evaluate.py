@@ -59,7 +59,8 @@ def _init(env_cfg: EnvConfig, policy: str, tokenizer_dir: str) -> None:
     _STATE["env"] = RetroEnv(env_cfg)
     _STATE["fire_ids"] = np.array(_fire_ids(env_cfg))
     _STATE["policy"] = make_policy(policy, _STATE["env"].action_space.n, tokenizer_dir=tokenizer_dir,
-                                   action_map=env_cfg.action_map, fire=tuple(env_cfg.tap_buttons))
+                                   action_map=env_cfg.action_map, fire=tuple(env_cfg.tap_buttons),
+                                   crop=env_cfg.crop)
 
 
 def _episode(seed: int) -> tuple[int, float, int, int, int]:
@@ -178,7 +179,7 @@ def imagined_rates(cfg: Config) -> tuple[dict[str, dict[str, float]], dict[str, 
         fire = tuple(cfg.env.tap_buttons)
         if name.startswith("aim_fire_every_"):
             every = int(name.removeprefix("aim_fire_every_"))
-            aims = [AimPolicy(cfg.env.action_map, every, fire) for _ in range(r.num_envs)]
+            aims = [AimPolicy(cfg.env.action_map, every, fire, cfg.env.crop) for _ in range(r.num_envs)]
 
             def aim(info: dict[str, Any], t: int) -> torch.Tensor:
                 if t == 0:
