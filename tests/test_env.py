@@ -131,7 +131,7 @@ def test_fire_mode_tap_presses_b_on_the_first_frame_only(debug_cfg, mode):
 
 
 def test_maxpool_noop_starts_and_lives(debug_cfg):
-    cfg = dataclasses.replace(debug_cfg.env, maxpool=True, noop_max=5, height=224, width=320)
+    cfg = dataclasses.replace(debug_cfg.env, maxpool=True, noop_max=5, height=224, width=320, crop=[0.0] * 4)
     env = RetroEnv(cfg)
     starts = set()
     for seed in range(6):
