@@ -199,7 +199,8 @@ def test_boxmax_resize_keeps_small_objects_brighter(debug_cfg):
 
 def test_crop_cuts_shares_of_the_native_frame_and_rejects_bad_shares():
     from wm.errors import ConfigValueError
-    from wm.envs.retro import check_crop, crop_frame
+    from wm.config import check_crop
+    from wm.envs.retro import crop_frame
 
     frame = np.arange(224 * 320 * 3, dtype=np.int64).reshape(224, 320, 3)
     out = crop_frame(frame, [0.11, 0.0, 0.05, 0.05])  # 24.64 -> 25 rows; 16 columns each side

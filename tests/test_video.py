@@ -123,3 +123,16 @@ def test_decode_crops_before_resizing(video_dir):
     middle = decode_video(video_dir / "b.avi", 24, 64, fps=10, crop=(0.25, 0.25, 0.0, 0.0))
     assert middle.shape == (10, 24, 64, 3)
     assert np.abs(middle.astype(int) - whole[:, 12:36].astype(int)).mean() < 2
+
+
+def test_import_refuses_a_bad_crop_once_by_name(video_dir, tmp_path, debug_cfg):
+    """A crop that leaves no frame is the config's error, raised before any video is decoded
+    (not reported as every file failing) and nothing is written."""
+    import dataclasses
+
+    from wm.errors import ConfigValueError
+
+    cfg = dataclasses.replace(debug_cfg, env=dataclasses.replace(debug_cfg.env, crop=[0.6, 0.5, 0.0, 0.0]))
+    with pytest.raises(ConfigValueError, match="env.crop"):
+        import_videos(video_dir, tmp_path / "shards", cfg, fps=15)
+    assert not (tmp_path / "shards").exists()

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from wm.errors import UserError
+from wm.errors import ConfigValueError, UserError
 
 CONF_DIR = Path(__file__).parent / "conf"
 PRESETS = ("debug", "default", "gpu", "paper")
@@ -48,6 +48,17 @@ class EnvConfig:
     resize: str              # box: area average to height x width | boxmax: area average to 2x, then 2x2 max
     noop_max: int            # reset plays U{0..noop_max} no-op agent steps (varied starts; 0: off)
     crop: list[float]        # [top, bottom, left, right]: shares of the native frame cut off before the resize
+
+
+NO_CROP = (0.0, 0.0, 0.0, 0.0)
+
+
+def check_crop(crop: list[float] | tuple[float, ...]) -> None:
+    """``env.crop`` is four shares [top, bottom, left, right], each >= 0, leaving some frame; the
+    env and the video import (its two readers) both check it."""
+    if len(crop) != 4 or any(not 0 <= c < 1 for c in crop) or crop[0] + crop[1] >= 1 or crop[2] + crop[3] >= 1:
+        raise ConfigValueError(f"env.crop must be four shares [top, bottom, left, right] in [0, 1) that leave "
+                               f"part of the frame (top + bottom < 1, left + right < 1), got {list(crop)}")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from wm.atomic import atomic_dir
-from wm.config import Config
+from wm.config import NO_CROP, Config, check_crop
 from wm.data.episodes import NO_ACTION, Episode, save_episode
 from wm.errors import MissingInputError, UserError
 
@@ -43,7 +43,7 @@ def ffmpeg_exe() -> str:
 
 
 def decode_video(path: str | Path, height: int, width: int, fps: float,
-                 crop: list[float] | tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)) -> np.ndarray:
+                 crop: list[float] | tuple[float, ...] = NO_CROP) -> np.ndarray:
     """(T, height, width, 3) uint8 frames of ``path`` at ``fps``, the ``crop`` shares [top,
     bottom, left, right] of each frame cut off before the resize (as the env does: ``env.crop``)."""
     import ffmpeg
@@ -66,7 +66,7 @@ def decode_video(path: str | Path, height: int, width: int, fps: float,
 
 
 def video_episode(path: Path, index: int, height: int, width: int, fps: float,
-                  crop: list[float] | tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)) -> Episode:
+                  crop: list[float] | tuple[float, ...] = NO_CROP) -> Episode:
     frames = decode_video(path, height, width, fps, crop)
     t = len(frames)
     return Episode(
@@ -91,6 +91,7 @@ def import_videos(video_dir: str | Path, out_dir: str | Path, cfg: Config, fps: 
     files = sorted(p for p in video_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES) if video_dir.is_dir() else []
     if not files and not allow_empty:
         raise MissingInputError(f"no {'/'.join(VIDEO_SUFFIXES)} files in {video_dir}")
+    check_crop(cfg.env.crop)  # a bad crop is the config's fault, not each video's
     fps = fps or EMULATOR_FPS / cfg.env.frameskip
     failed: list[dict[str, str]] = []
     with atomic_dir(out_dir) as tmp:

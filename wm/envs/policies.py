@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from wm.config import NO_CROP
 from wm.errors import ConfigValueError
 
 if TYPE_CHECKING:
@@ -150,11 +151,10 @@ class AimPolicy(FireSchedule):
     prices it like random play does not tie kills to where the ship is."""
 
     def __init__(self, action_map: list[list[str]], every: int = 2, fire: tuple[str, ...] = ("B",),
-                 crop: list[float] | tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)):
+                 crop: list[float] | tuple[float, ...] = NO_CROP):
         super().__init__(action_map, every, fire)
         self.name = f"aim_fire_every_{every}"
         self.crop = tuple(crop)
-        self._bands: dict[int, tuple[slice, slice]] = {}
         moves = {tuple(sorted(b for b in combo if b not in fire)): a for a, combo in enumerate(action_map)
                  if not any(b in fire for b in combo)}
         if ("LEFT",) not in moves or ("RIGHT",) not in moves or () not in moves:
@@ -180,15 +180,13 @@ class AimPolicy(FireSchedule):
 
     def bands(self, height: int) -> tuple[slice, slice]:
         """The ship's and the enemies' row bands in a ``height``-row frame cut by ``self.crop``."""
-        if height not in self._bands:
-            top, bottom = self.crop[:2]
+        top, bottom = self.crop[:2]
 
-            def rows(band: tuple[float, float]) -> slice:
-                lo, hi = (min(height, max(0, round((f - top) / (1 - top - bottom) * height))) for f in band)
-                return slice(lo, hi)
+        def rows(band: tuple[float, float]) -> slice:
+            lo, hi = (min(height, max(0, round((f - top) / (1 - top - bottom) * height))) for f in band)
+            return slice(lo, hi)
 
-            self._bands[height] = (rows(AIM_BANDS["ship"]), rows(AIM_BANDS["enemies"]))
-        return self._bands[height]
+        return rows(AIM_BANDS["ship"]), rows(AIM_BANDS["enemies"])
 
     def act(self, obs: np.ndarray) -> int:
         d = self.target_direction(obs)
@@ -215,7 +213,7 @@ class AimMix:
     name = "aim_mix"
 
     def __init__(self, action_map: list[list[str]], fire: tuple[str, ...] = ("B",),
-                 crop: list[float] | tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)):
+                 crop: list[float] | tuple[float, ...] = NO_CROP):
         self.aim = AimPolicy(action_map, 2, fire, crop)
         self.random = RandomFireRate(action_map, fire)
         self.skill = 0.5
@@ -240,7 +238,7 @@ SCHEDULED = ("fire_every_", "aim_fire_every_")                       # prefixes 
 def make_policy(name: str, n_actions: int, sticky_mean_steps: float = 4.0,
                 tokenizer_dir: str = "data/checkpoints/tokenizer",
                 action_map: list[list[str]] | None = None, fire: tuple[str, ...] = ("B",),
-                crop: list[float] | tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)) -> Policy:
+                crop: list[float] | tuple[float, ...] = NO_CROP) -> Policy:
     """The policy called ``name``; ``crop`` is the env's (the aiming policies read frame rows)."""
     if name == "random":
         return RandomPolicy(n_actions)

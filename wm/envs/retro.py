@@ -28,7 +28,7 @@ import gymnasium as gym
 import numpy as np
 from PIL import Image
 
-from wm.config import EnvConfig
+from wm.config import EnvConfig, check_crop
 from wm.errors import ConfigValueError, UserError
 
 
@@ -161,13 +161,6 @@ class RetroEnv(gym.Env):
 
     def close(self) -> None:
         self._emu.close()
-
-
-def check_crop(crop: list[float]) -> None:
-    """``env.crop`` is four shares [top, bottom, left, right], each >= 0, leaving some frame."""
-    if len(crop) != 4 or any(not 0 <= c < 1 for c in crop) or crop[0] + crop[1] >= 1 or crop[2] + crop[3] >= 1:
-        raise ConfigValueError(f"env.crop must be four shares [top, bottom, left, right] in [0, 1) that leave "
-                               f"part of the frame (top + bottom < 1, left + right < 1), got {list(crop)}")
 
 
 def crop_frame(frame: np.ndarray, crop: list[float]) -> np.ndarray:
