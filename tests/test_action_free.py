@@ -103,8 +103,23 @@ def test_action_free_experiment_end_to_end(latents_cfg):
     # a finished arm of another length is never reused as if it were this run's
     from wm.errors import ConfigValueError
 
-    with pytest.raises(ConfigValueError, match="labeled_plus_video"):
+    with pytest.raises(ConfigValueError, match="labeled_plus_video arm with other settings .*dynamics.train.steps"):
         run_action_free(dataclasses.replace(cfg, action_free=dataclasses.replace(cfg.action_free, video_steps="same")))
+    # nor one with another labelled share (the full arm, every episode labelled, is the same arm) ...
+    with pytest.raises(ConfigValueError, match="labeled_plus_video arm with other settings .*dynamics.labeled_frac"):
+        run_action_free(dataclasses.replace(cfg, action_free=dataclasses.replace(cfg.action_free, labeled_frac=0.25)))
+    # ... while other threads or a compiled model change speed, not the arm: reused as it is
+    ckpts = {arm: (base / "action_free" / arm / "checkpoint" / CHECKPOINT).stat().st_mtime_ns
+             for arm in ("full", "labeled_plus_video", "labeled_only")}
+    fast = dataclasses.replace(cfg.dynamics, train=dataclasses.replace(cfg.dynamics.train, threads=1, compile=True))
+    cwd = os.getcwd()
+    os.chdir(base)
+    try:
+        again = run_action_free(dataclasses.replace(cfg, dynamics=fast))
+    finally:
+        os.chdir(cwd)
+    assert again == out and ckpts == {arm: (base / "action_free" / arm / "checkpoint" / CHECKPOINT).stat().st_mtime_ns
+                                      for arm in ckpts}
 
 
 def test_action_free_clips_never_reach_action_or_reward_losses(debug_cfg):

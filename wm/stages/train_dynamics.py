@@ -55,8 +55,9 @@ def batch_kind(seed: int, step: int, cfg: Config) -> str:
     return "single" if r < dyn.single_frame_frac else "short"
 
 
-def batch_schedule(cfg: Config, info: Any, skip: int):
-    """Infinite iterator of latent batches following the alternating-length schedule."""
+def batch_schedule(cfg: Config, info: Any, skip: int, imported_videos: bool = True):
+    """Infinite iterator of latent batches following the alternating-length schedule; with
+    ``imported_videos`` false, the imported videos (stage import_videos) are left out."""
     dyn, tr = cfg.dynamics, cfg.dynamics.train
     if dyn.unlabeled not in ("video", "drop"):
         raise ConfigValueError(f"dynamics.unlabeled must be 'video' or 'drop', got '{dyn.unlabeled}'")
@@ -76,7 +77,7 @@ def batch_schedule(cfg: Config, info: Any, skip: int):
         video = []
         if dyn.video_share > 0 and labels is not None and dyn.unlabeled == "video":
             video.append(batches(cfg.latents.out_dir, clip_len, batch_size, dataclasses.replace(labels, video_only=True)))
-        if dyn.video_share > 0 and has_clips(videos, "train", clip_len):
+        if imported_videos and dyn.video_share > 0 and has_clips(videos, "train", clip_len):
             video.append(batches(videos, clip_len, batch_size))
         stream = batches(cfg.latents.out_dir, clip_len, batch_size, labels)
         if video:
@@ -212,7 +213,7 @@ def _compatible(current: dict[str, Any]):
     return check
 
 
-def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
+def run(cfg: Config, resume: bool = False, imported_videos: bool = True) -> dict[str, Any]:
     dyn = cfg.dynamics
     start = time.perf_counter()
     tok, _ = load_tokenizer(cfg.tokenizer.out_dir)
@@ -227,7 +228,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     run_config = to_dict(cfg)
     trainer = Trainer(
         name="dynamics", cfg=dyn.train, model_factory=lambda: build_dynamics(cfg, n_latents, latent_dim),
-        loss_fn=ShortcutLoss.from_config(dyn), data_factory=lambda info, skip: batch_schedule(cfg, info, skip),
+        loss_fn=ShortcutLoss.from_config(dyn), data_factory=lambda info, skip: batch_schedule(cfg, info, skip, imported_videos),
         out_dir=dyn.out_dir, run_config=run_config, live_dir=LIVE_DIR, evaluate=evaluate,
         shard_types=(Block,), compatible=_compatible(run_config),
     )
@@ -278,6 +279,46 @@ def arm_steps(af: Any, dyn: Any, name: str) -> int:
     return int(round(af.steps / (1 - dyn.video_share)))
 
 
+ARM_RECORD = "arm.json"
+RUNTIME_KEYS = ("threads", "compile", "precision", "wandb", "log_every", "distributed")  # speed, not the result
+
+
+def arm_identity(arm: Config) -> dict[str, Any]:
+    """What an arm's result depends on: its dynamics config (less the run-time settings in
+    ``RUNTIME_KEYS``, so an arm may resume with other threads or compiled) and fingerprints of
+    the latents it trains on and the tokenizer that decodes its evaluation."""
+    from wm.data.shards import MANIFEST, sha256_file
+    from wm.training.trainer import CHECKPOINT
+
+    dyn = to_dict(arm)["dynamics"]
+    dyn["train"] = {k: v for k, v in dyn["train"].items() if k not in RUNTIME_KEYS}
+    return {"dynamics": dyn, "latents_manifest": sha256_file(Path(arm.latents.out_dir) / MANIFEST),
+            "tokenizer": sha256_file(Path(arm.tokenizer.out_dir) / CHECKPOINT)}
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def check_arm(arm_dir: Path, name: str, identity: dict[str, Any]) -> None:
+    """Refuse an arm directory that holds an arm trained with other settings or on other data
+    (finished or not): reusing or resuming it would mix two experiments. An empty or absent
+    directory is a fresh arm."""
+    import json
+
+    record = arm_dir / ARM_RECORD
+    if record.exists():
+        diff = _differences(json.loads(record.read_text()), json.loads(json.dumps(identity)))
+        why = f"other settings or data ({', '.join(diff[:5])}{', ...' if len(diff) > 5 else ''})" if diff else ""
+    else:
+        why = "no record of its settings (arm.json)" if arm_dir.is_dir() and any(arm_dir.iterdir()) else ""
+    if why:
+        raise ConfigValueError(f"{arm_dir} holds a {name} arm with {why}: remove that directory or set "
+                               f"action_free.out_dir elsewhere")
+
+
 def run_action_free(cfg: Config) -> dict[str, Any]:
     """Dreamer 4's claim on this game: action conditioning from a few labelled episodes, the
     rest of the knowledge from action-free video. Three dynamics models from scratch on the
@@ -288,7 +329,9 @@ def run_action_free(cfg: Config) -> dict[str, Any]:
     batches as the others get steps, the video on top (``action_free.video_steps``, see
     ``arm_steps``). Each arm trains in its own directory under
     ``action_free.out_dir``; an arm that finished is kept and not retrained if the run is
-    interrupted and started again (an unfinished one resumes from its last checkpoint)."""
+    interrupted and started again (an unfinished one resumes from its last checkpoint), as long
+    as its settings and data are this run's (``check_arm``). The arms train on the game's
+    episodes only: imported videos (stage import_videos) would make labelled-only no longer so."""
     import json
     import os
 
@@ -317,25 +360,24 @@ def run_action_free(cfg: Config) -> dict[str, Any]:
         arm_dir = root / name
         done = arm_dir / METRICS_PATH
         steps = arm_steps(af, dyn, name)
+        train = dataclasses.replace(dyn.train, steps=steps, eval_every=steps,
+                                    ckpt_every=min(dyn.train.ckpt_every, steps))
+        arm = dataclasses.replace(base, dynamics=dataclasses.replace(
+            dyn, labeled_frac=af.labeled_frac if frac is None else frac, unlabeled=rest,
+            eval_clips=af.eval_clips, out_dir="checkpoint", train=train))
+        identity = arm_identity(arm)
+        check_arm(arm_dir, name, identity)
         if done.exists():
             metrics = json.loads(done.read_text())
-            if metrics.get("steps") != steps:
-                raise ConfigValueError(
-                    f"{arm_dir} holds a finished {name} arm of {metrics.get('steps')} steps, this run asks for "
-                    f"{steps}: remove that directory or set action_free.out_dir elsewhere")
         elif af.arm and af.arm != name:
             left.append(name)
             continue
         else:
-            train = dataclasses.replace(dyn.train, steps=steps, eval_every=steps,
-                                        ckpt_every=min(dyn.train.ckpt_every, steps))
-            arm = dataclasses.replace(base, dynamics=dataclasses.replace(
-                dyn, labeled_frac=af.labeled_frac if frac is None else frac, unlabeled=rest,
-                eval_clips=af.eval_clips, out_dir="checkpoint", train=train))
             arm_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(arm_dir / ARM_RECORD, identity)
             os.chdir(arm_dir)  # the stage's outputs (metrics, plots, gif) land in the arm's directory
             try:
-                metrics = run(arm, resume=(arm_dir / "checkpoint" / CHECKPOINT).exists())
+                metrics = run(arm, resume=(arm_dir / "checkpoint" / CHECKPOINT).exists(), imported_videos=False)
             finally:
                 os.chdir(cwd)
         walls[name] = metrics["wall_s"]
