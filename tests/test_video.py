@@ -125,6 +125,20 @@ def test_decode_crops_before_resizing(video_dir):
     assert np.abs(middle.astype(int) - whole[:, 12:36].astype(int)).mean() < 2
 
 
+def test_decode_cuts_the_rows_the_env_cuts(video_dir):
+    """A share that is no whole number of rows (0.11 of 48 = 5.28) cuts the rows the env's
+    crop_frame cuts (5, an odd row of a 4:2:0 video: ffmpeg's crop would move it to 4 and keep
+    42), so the video's frame and the game's are the same part of the screen."""
+    from wm.envs.retro import crop_frame
+
+    whole = decode_video(video_dir / "b.avi", 48, 64, fps=10).astype(int)
+    kept = crop_frame(whole[0], [0.11, 0.0, 0.0, 0.0]).shape[0]
+    assert kept == 43
+    cut = decode_video(video_dir / "b.avi", kept, 64, fps=10, crop=(0.11, 0.0, 0.0, 0.0)).astype(int)
+    error = {top: np.abs(cut - whole[:, top:top + kept]).mean() for top in range(48 - kept + 1)}
+    assert min(error, key=error.get) == 48 - kept  # the rows match at the env's offset, no other
+
+
 def test_import_refuses_a_bad_crop_once_by_name(video_dir, tmp_path, debug_cfg):
     """A crop that leaves no frame is the config's error, raised before any video is decoded
     (not reported as every file failing) and nothing is written."""

@@ -51,8 +51,10 @@ def decode_video(path: str | Path, height: int, width: int, fps: float,
     path = Path(path)
     stream = ffmpeg.input(str(path)).filter("fps", fps=fps)
     if any(crop):
-        top, bottom, left, right = crop
-        stream = stream.filter("crop", f"iw*{1 - left - right}", f"ih*{1 - top - bottom}", f"iw*{left}", f"ih*{top}")
+        # whole pixels per edge, rounded half up as the env's crop_frame rounds them; exact: ffmpeg
+        # would otherwise move an odd edge of a chroma-subsampled video (4:2:0, 4:2:2) to an even one
+        top, bottom, left, right = (f"floor({n}*{c}+0.5)" for c, n in zip(crop, ("ih", "ih", "iw", "iw")))
+        stream = stream.filter("crop", f"iw-{left}-{right}", f"ih-{top}-{bottom}", left, top, exact=1)
     stream = stream.filter("scale", width, height, flags="area").output("pipe:", format="rawvideo", pix_fmt="rgb24")
     try:
         out, _ = stream.run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True, quiet=True)

@@ -22,6 +22,7 @@ workers) or one ``RetroEnv`` per collection worker.
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any
 
 import gymnasium as gym
@@ -164,11 +165,12 @@ class RetroEnv(gym.Env):
 
 
 def crop_frame(frame: np.ndarray, crop: list[float]) -> np.ndarray:
-    """(H, W, C) frame without the ``crop`` shares of its edges (rounded to whole pixels)."""
+    """(H, W, C) frame without the ``crop`` shares of its edges, each rounded to whole pixels
+    half up (``floor(share * size + 0.5)``, the rule the video import gives ffmpeg)."""
     if not any(crop):
         return frame
     h, w = frame.shape[:2]
-    top, bottom, left, right = (round(c * n) for c, n in zip(crop, (h, h, w, w)))
+    top, bottom, left, right = (math.floor(c * n + 0.5) for c, n in zip(crop, (h, h, w, w)))
     return frame[top:h - bottom, left:w - right]
 
 
