@@ -25,24 +25,22 @@ from wm.atomic import write_json_atomic  # noqa: E402
 from wm.config import load  # noqa: E402
 from wm.probes import probe_scores, roc_auc  # noqa: E402
 from wm.stages.finetune_agent import _clips  # noqa: E402
+from wm.training.heads import kill_pairs  # noqa: E402
 
 
-def kill_pairs(latents: str, split: str, clip_len: int, seed: int = 0, rows: int | None = None):
-    """(pairs of this and the previous frame's latents (N, 2, ...), kill after the pair (N,))."""
-    xs, ys = [], []
-    for b in _clips(latents, split, clip_len, seed, rows) if split == "train" else _clips(latents, split, clip_len):
-        z = b["latents"].float()
-        xs.append(torch.stack([z[:, 1:], z[:, :-1]], 2).flatten(0, 1))
-        ys.append(b["rewards"][:, :-1].flatten() > 0)
-    return torch.cat(xs), torch.cat(ys)
+def probe_rows(latents: str, split: str, clip_len: int, seed: int = 0, rows: int | None = None):
+    """The kill probe's rows of a split, drawn as finetune_agent draws them (``kill_pairs``)."""
+    clips = _clips(latents, split, clip_len, seed, rows) if split == "train" else _clips(latents, split, clip_len)
+    pairs = [kill_pairs(b["latents"].float(), b["rewards"]) for b in clips]
+    return torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs])
 
 
 def spread(latents: str, params: str = "params.yaml", seeds: int = 5, boots: int = 1000) -> dict:
     cfg = load(params)
     a, clip_len = cfg.agent, cfg.rl.context + cfg.rl.horizon
     torch.manual_seed(a.train.seed)
-    xt, yt = kill_pairs(latents, "train", clip_len, a.train.seed, a.head_rows)
-    xv, yv = kill_pairs(latents, "val", clip_len)
+    xt, yt = probe_rows(latents, "train", clip_len, a.train.seed, a.head_rows)
+    xv, yv = probe_rows(latents, "val", clip_len)
     y = yv.numpy()
     scores = [probe_scores(xt.flatten(1), yt, xv.flatten(1), steps=a.probe_steps, seed=s) for s in range(seeds)]
     aucs = [float(roc_auc(s, y)) for s in scores]

@@ -148,3 +148,16 @@ def test_frame_reward_head_reads_the_frames_latents(debug_cfg):
         straight = twohot_decode(agent.frame_reward_logits(val["frame"]), bins)
     hit = val["reward"] > 0
     assert straight[hit].mean() > 3 * swapped[hit].mean()
+
+
+def test_kill_pairs_hold_this_and_the_previous_frame_and_the_kill_after():
+    """The kill probe's rows (finetune_agent and scripts/kill_probe_spread.py): per transition, this
+    frame's latents, then the previous frame's, and whether the reward of that transition is a kill."""
+    from wm.training.heads import kill_pairs
+
+    z = torch.arange(6, dtype=torch.float32).reshape(2, 3, 1, 1)  # two clips of three frames
+    rewards = torch.tensor([[0.0, 5.0, 0.0], [0.0, 0.0, 9.0]])
+    pairs, kill = kill_pairs(z, rewards)
+    assert pairs.shape == (4, 2, 1, 1)
+    assert pairs.flatten(1).tolist() == [[1, 0], [2, 1], [4, 3], [5, 4]]
+    assert kill.tolist() == [False, True, False, False]  # the last frame's reward has no next frame

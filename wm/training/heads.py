@@ -30,6 +30,12 @@ from wm.objectives.twohot import make_bins, twohot_decode, twohot_loss
 from wm.probes import average_precision, roc_auc
 
 
+def kill_pairs(z: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kill probe's rows of clips ``z`` (B, T, L, dz), once per transition: the latents of this
+    frame and the one before (B (T - 1), 2, L, dz) and whether a kill follows (reward > 0)."""
+    return torch.stack([z[:, 1:], z[:, :-1]], 2).flatten(0, 1), rewards[:, :-1].flatten() > 0
+
+
 @torch.no_grad()
 def features(agent: Agent, batches: Iterable[dict[str, torch.Tensor]], ctx_noise: float, draws: int = 1
              ) -> dict[str, torch.Tensor]:
@@ -56,8 +62,9 @@ def features(agent: Agent, batches: Iterable[dict[str, torch.Tensor]], ctx_noise
             out["cont"].append(batch["continues"][:, :-1].flatten().float())
             out["clip"].append((clips + torch.arange(len(z)))[:, None].expand(-1, z.shape[1] - 1).flatten())
         # once per transition (not per draw), for probes on the latents themselves
-        out["latents"].append(torch.stack([z[:, 1:], z[:, :-1]], 2).flatten(0, 1).cpu())
-        out["kill"].append(batch["rewards"][:, :-1].flatten() > 0)
+        pairs, kill = kill_pairs(z, batch["rewards"])
+        out["latents"].append(pairs.cpu())
+        out["kill"].append(kill)
         clips += len(z)
     return {k: torch.cat(v) for k, v in out.items()}
 
