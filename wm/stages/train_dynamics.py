@@ -283,17 +283,23 @@ ARM_RECORD = "arm.json"
 RUNTIME_KEYS = ("threads", "compile", "precision", "wandb", "log_every", "distributed")  # speed, not the result
 
 
-def arm_identity(arm: Config) -> dict[str, Any]:
-    """What an arm's result depends on: its dynamics config (less the run-time settings in
-    ``RUNTIME_KEYS``, so an arm may resume with other threads or compiled) and fingerprints of
-    the latents it trains on and the tokenizer that decodes its evaluation."""
+def data_fingerprints(cfg: Config) -> dict[str, str]:
+    """sha256 of the latents manifest the arms train on and of the tokenizer checkpoint that
+    decodes their evaluation: the same for every arm of a run, so hashed once."""
     from wm.data.shards import MANIFEST, sha256_file
     from wm.training.trainer import CHECKPOINT
 
+    return {"latents_manifest": sha256_file(Path(cfg.latents.out_dir) / MANIFEST),
+            "tokenizer": sha256_file(Path(cfg.tokenizer.out_dir) / CHECKPOINT)}
+
+
+def arm_identity(arm: Config, data: dict[str, str]) -> dict[str, Any]:
+    """What an arm's result depends on: its dynamics config (less the run-time settings in
+    ``RUNTIME_KEYS``, so an arm may resume with other threads or compiled) and ``data``
+    (``data_fingerprints``)."""
     dyn = to_dict(arm)["dynamics"]
     dyn["train"] = {k: v for k, v in dyn["train"].items() if k not in RUNTIME_KEYS}
-    return {"dynamics": dyn, "latents_manifest": sha256_file(Path(arm.latents.out_dir) / MANIFEST),
-            "tokenizer": sha256_file(Path(arm.tokenizer.out_dir) / CHECKPOINT)}
+    return {"dynamics": dyn, **data}
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -356,6 +362,7 @@ def run_action_free(cfg: Config) -> dict[str, Any]:
     if af.video_steps not in ("matched", "same"):
         raise ConfigValueError(f"action_free.video_steps must be 'matched' or 'same', got '{af.video_steps}'")
     cwd, left, walls = os.getcwd(), [], {}
+    data = data_fingerprints(base)
     for name, frac, rest in ACTION_FREE_ARMS:
         arm_dir = root / name
         done = arm_dir / METRICS_PATH
@@ -365,7 +372,7 @@ def run_action_free(cfg: Config) -> dict[str, Any]:
         arm = dataclasses.replace(base, dynamics=dataclasses.replace(
             dyn, labeled_frac=af.labeled_frac if frac is None else frac, unlabeled=rest,
             eval_clips=af.eval_clips, out_dir="checkpoint", train=train))
-        identity = arm_identity(arm)
+        identity = arm_identity(arm, data)
         check_arm(arm_dir, name, identity)
         if done.exists():
             metrics = json.loads(done.read_text())
