@@ -111,7 +111,8 @@ def test_action_free_experiment_end_to_end(latents_cfg):
     # ... while other threads or a compiled model change speed, not the arm: reused as it is
     ckpts = {arm: (base / "action_free" / arm / "checkpoint" / CHECKPOINT).stat().st_mtime_ns
              for arm in ("full", "labeled_plus_video", "labeled_only")}
-    fast = dataclasses.replace(cfg.dynamics, train=dataclasses.replace(cfg.dynamics.train, threads=1, compile=True))
+    fast = dataclasses.replace(cfg.dynamics, train=dataclasses.replace(cfg.dynamics.train, threads=1, compile=True,
+                                                                               ckpt_every=1))
     cwd = os.getcwd()
     os.chdir(base)
     try:

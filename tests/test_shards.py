@@ -70,14 +70,23 @@ def test_write_read_round_trip_is_exact(synthetic):
     assert manifest["splits"]["val"]["frames"] == sum(len(load_episode(dict(eps)[i])) for i in val)
 
 
-def test_shards_are_reproducible(tmp_path):
+def test_shards_are_reproducible(tmp_path, monkeypatch):
+    """Same episodes, same shards byte for byte -- also when the two builds run at different times
+    (the clock is moved a day between them: zip and tar headers must not stamp the time)."""
+    import time
+
     eps = synthetic_episodes(tmp_path)
-    hashes = []
-    for name in ("a", "b"):
+    real_time = time.time
+    hashes, episode_bytes = [], []
+    for name, offset in (("a", 0.0), ("b", 86_400.0 + 7.0)):
+        monkeypatch.setattr(time, "time", lambda offset=offset: real_time() + offset)
         m = build_shards(eps, tmp_path / name, chunk_len=16, chunks_per_shard=3, val_fraction=0.4, seed=0,
                          compress_level=1, header={})
         hashes.append([s["sha256"] for s in m["splits"]["train"]["shards"]])
-    assert hashes[0] == hashes[1]
+        save_episode(load_episode(eps[0][1]), tmp_path / f"{name}.npz")
+        episode_bytes.append((tmp_path / f"{name}.npz").read_bytes())
+    assert len(hashes[0]) > 0 and hashes[0] == hashes[1]
+    assert episode_bytes[0] == episode_bytes[1]
 
 
 def test_webdataset_library_reads_our_shards(synthetic):

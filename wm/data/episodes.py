@@ -84,6 +84,19 @@ class EpisodeInfo:
 _ARRAYS = ("frames", "actions", "buttons", "rewards", "terminals")
 
 
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip header can hold
+
+
+def zip_write(zf: zipfile.ZipFile, name: str, data: bytes, level: int) -> None:
+    """Add ``data`` to ``zf`` as ``name`` (deflate at ``level``) with a fixed timestamp and mode, so
+    the same arrays give byte-identical files whenever they are written (``writestr`` with a plain
+    name stamps the current time, and two writes a second apart would hash differently)."""
+    info = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    zf.writestr(info, data, compresslevel=level)
+
+
 def save_episode(ep: Episode, path: Path, compresslevel: int = 1) -> None:
     """Write ``ep`` as a .npz (zip, deflate level ``compresslevel``), atomically.
 
@@ -96,8 +109,8 @@ def save_episode(ep: Episode, path: Path, compresslevel: int = 1) -> None:
         for name in (*_ARRAYS, "lives"):
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.ascontiguousarray(getattr(ep, name)), allow_pickle=False)
-            zf.writestr(f"{name}.npy", buf.getvalue())
-        zf.writestr("meta.json", json.dumps(ep.meta))
+            zip_write(zf, f"{name}.npy", buf.getvalue(), compresslevel)
+        zip_write(zf, "meta.json", json.dumps(ep.meta).encode(), compresslevel)
     tmp.replace(path)
 
 

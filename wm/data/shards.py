@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from wm.atomic import write_json_atomic
-from wm.data.episodes import Episode, load_episode
+from wm.data.episodes import Episode, load_episode, zip_write
 from wm.errors import ConfigValueError, UserError
 from wm.provenance import code_version
 
@@ -62,7 +62,7 @@ def _npz(arrays: dict[str, np.ndarray], level: int) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level) as zf:
         for name, arr in arrays.items():
-            zf.writestr(f"{name}.npy", npy_bytes(arr))
+            zip_write(zf, f"{name}.npy", npy_bytes(arr), level)
     return buf.getvalue()
 
 

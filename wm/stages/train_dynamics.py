@@ -280,7 +280,8 @@ def arm_steps(af: Any, dyn: Any, name: str) -> int:
 
 
 ARM_RECORD = "arm.json"
-RUNTIME_KEYS = ("threads", "compile", "precision", "wandb", "log_every", "distributed")  # speed, not the result
+RUNTIME_KEYS = ("threads", "compile", "precision", "wandb", "log_every", "ckpt_every",
+                "distributed")  # speed or safety, not the result
 
 
 def data_fingerprints(cfg: Config) -> dict[str, str]:
@@ -298,8 +299,16 @@ def arm_identity(arm: Config, data: dict[str, str]) -> dict[str, Any]:
     ``RUNTIME_KEYS``, so an arm may resume with other threads or compiled) and ``data``
     (``data_fingerprints``)."""
     dyn = to_dict(arm)["dynamics"]
-    dyn["train"] = {k: v for k, v in dyn["train"].items() if k not in RUNTIME_KEYS}
-    return {"dynamics": dyn, **data}
+    return _without_runtime({"dynamics": dyn, **data})
+
+
+def _without_runtime(identity: dict[str, Any]) -> dict[str, Any]:
+    """``identity`` less ``RUNTIME_KEYS`` under dynamics.train; applied to stored records too, so a
+    record written when the list was shorter still matches."""
+    dyn = dict(identity.get("dynamics", {}))
+    if isinstance(dyn.get("train"), dict):
+        dyn["train"] = {k: v for k, v in dyn["train"].items() if k not in RUNTIME_KEYS}
+    return {**identity, "dynamics": dyn}
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -316,7 +325,7 @@ def check_arm(arm_dir: Path, name: str, identity: dict[str, Any]) -> None:
 
     record = arm_dir / ARM_RECORD
     if record.exists():
-        diff = _differences(json.loads(record.read_text()), json.loads(json.dumps(identity)))
+        diff = _differences(_without_runtime(json.loads(record.read_text())), json.loads(json.dumps(identity)))
         why = f"other settings or data ({', '.join(diff[:5])}{', ...' if len(diff) > 5 else ''})" if diff else ""
     else:
         why = "no record of its settings (arm.json)" if arm_dir.is_dir() and any(arm_dir.iterdir()) else ""
