@@ -30,9 +30,17 @@ def mse_loss(model, batch):
     return loss, {"toy/train/loss": loss.item()}
 
 
+def noisy_loss(model, batch):
+    """Draws from the global RNG every step, as the shortcut loss draws noise levels and noise."""
+    loss = (model(batch["x"] + 0.1 * torch.randn_like(batch["x"])) - batch["y"]).pow(2).mean()
+    return loss, {"toy/train/loss": loss.item()}
+
+
 def data_for(rank: int, world: int):
     def factory(info, skip):
         def gen():
+            # lazily, at the first batch, like a DataLoader drawing its workers' base seed
+            torch.randint(0, 2**31, ())
             for i in range(skip, len(X)):
                 yield {"x": X[i, rank::world], "y": Y[i, rank::world]}
         return gen()
@@ -91,10 +99,13 @@ def test_fsdp_wraps_and_trains_on_cpu(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    full = make_trainer(tmp_path / "full", dataclasses.replace(TRAIN, steps=6))
+    """Same weights and losses as the uninterrupted run, with a loss that draws noise every step
+    and a loader that draws from the global RNG when it starts (after the restore, a resumed run
+    would take different noise from then on)."""
+    full = make_trainer(tmp_path / "full", dataclasses.replace(TRAIN, steps=6), loss=noisy_loss)
     full.fit()
     # "interrupted" after step 3 (its checkpoint is what a kill would leave), then resumed
-    first = make_trainer(tmp_path / "part", dataclasses.replace(TRAIN, steps=6))
+    first = make_trainer(tmp_path / "part", dataclasses.replace(TRAIN, steps=6), loss=noisy_loss)
     first.cfg = dataclasses.replace(first.cfg, steps=6)
 
     class Stop(Exception):
@@ -110,8 +121,10 @@ def test_resume_continues_exactly(tmp_path):
     first.data_factory = stop_after_3
     with pytest.raises(Stop):
         first.fit()
-    resumed = make_trainer(tmp_path / "part", dataclasses.replace(TRAIN, steps=6))
-    resumed.fit(resume=True)
+    earlier = load_checkpoint(tmp_path / "part" / "checkpoint.pt")["elapsed_s"]  # the killed process's time
+    resumed = make_trainer(tmp_path / "part", dataclasses.replace(TRAIN, steps=6), loss=noisy_loss)
+    result = resumed.fit(resume=True)
+    assert earlier > 0 and result["earlier_processes_s"] == earlier  # a stage adds it to its wall time
     a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
     for k in a["model"]:

@@ -172,7 +172,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     save_checkpoint(path, state, state.get("config"))
     metrics = {**evaluate_agent(model, held_out, cfg), **heads, "train_steps_per_s": result["train_steps_per_s"],
                "params": result["params"], "steps": result["steps"], "mtp": a.mtp,
-               "wall_s": round(time.perf_counter() - start, 1)}
+               "wall_s": round(time.perf_counter() - start + result["earlier_processes_s"], 1)}
     write_json_atomic(METRICS_PATH, metrics)
     return metrics
 

@@ -15,6 +15,7 @@ or inf loss stops the run with a clear error and leaves the last good checkpoint
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -177,6 +178,7 @@ class Trainer:
 
     def _fit(self, info: DistInfo, resume: bool) -> dict[str, Any]:
         cfg = self.cfg
+        fit_start = time.perf_counter()
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)  # identical init on every rank
@@ -202,19 +204,23 @@ class Trainer:
             compile_blocks(wrapped, self.shard_types)
         opt = make_optimizer(wrapped, cfg)
         sched = make_scheduler(opt, cfg)
-        start, position = 0, 0
+        start, position, earlier_s = 0, 0, 0.0
         if ckpt is not None:
             _set_full_state(wrapped, opt, ckpt["model"], ckpt["optimizer"], info)
             sched.load_state_dict(ckpt["scheduler"])
             if loss_state is not None and "loss_state" in ckpt:
                 loss_state.load_state_dict(ckpt["loss_state"])
             start, position = int(ckpt["step"]), int(ckpt["data_position"])
+            earlier_s = float(ckpt.get("elapsed_s", 0.0))
         else:
             torch.manual_seed(cfg.seed + 1000 * info.rank)  # per-rank randomness (masks, noise)
-        # The loader may draw from the global RNG when it starts (worker seeds), so it is
-        # built before the saved RNG state is restored: the loop then continues exactly.
+        # The loader may draw from the global RNG when it starts (worker seeds), and a generator
+        # or DataLoader starts at its first batch, so that batch is taken before the saved RNG
+        # state is restored: the loop then continues exactly. (A fresh run draws in the same order.)
         data = self.data_factory(info, position)
         if ckpt is not None:
+            if start < cfg.steps:
+                data = itertools.chain([next(data)], data)
             set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
 
         logger = RunLogger(self.live_dir, wandb_mode=cfg.wandb, project=self.name, config=self.run_config,
@@ -262,16 +268,19 @@ class Trainer:
                     logger.log(done, eval_logs, plot=True)
                     logs = {**logs, **eval_logs}
                 if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                    self._save(wrapped, opt, sched, loss_state, done, position, info)
+                    self._save(wrapped, opt, sched, loss_state, done, position, info,
+                               earlier_s + time.perf_counter() - fit_start)
                     last_saved = done
         finally:
             summary = {k: v for k, v in logs.items()}
             logger.close(summary)
-        return {"steps": cfg.steps, "params": n_params, "train_time_s": train_time,
+        # earlier_processes_s: the time of the processes this run resumed from, up to their last
+        # checkpoint (a stage adds it to its own wall time, so a resumed run reports its whole cost)
+        return {"steps": cfg.steps, "params": n_params, "train_time_s": train_time, "earlier_processes_s": earlier_s,
                 "train_steps_per_s": (cfg.steps - start) / max(train_time, 1e-9), "last_logs": logs}
 
     def _save(self, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, loss_state: nn.Module | None,
-              step: int, position: int, info: DistInfo) -> None:
+              step: int, position: int, info: DistInfo, elapsed_s: float) -> None:
         model_sd, opt_sd = _full_state(model, opt)  # collective under FSDP: every rank calls it
         rngs = [rng_state()]
         if info.enabled:
@@ -283,7 +292,7 @@ class Trainer:
         if info.is_main:
             state = {
                 "model": model_sd, "optimizer": opt_sd, "scheduler": sched.state_dict(), "step": step,
-                "data_position": position, "rng": rngs, "config": self.run_config,
+                "data_position": position, "rng": rngs, "config": self.run_config, "elapsed_s": elapsed_s,
             }
             if loss_state is not None:
                 state["loss_state"] = loss_state.state_dict()
