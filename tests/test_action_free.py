@@ -73,6 +73,7 @@ def test_labelled_share_per_batch_is_fixed(latents_cfg):
     assert not any(b["action_free"].any() for _, b in zip(range(10), batch_schedule(dropped, DistInfo(), 0)))
 
 
+@pytest.mark.timeout(1800)  # four arms trained and evaluated: slow on a busy 2-core runner
 def test_action_free_experiment_end_to_end(latents_cfg):
     from wm.stages.train_dynamics import run_action_free
 

@@ -17,6 +17,7 @@ def run(cmd, cwd, **kw):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes of real stages: a slow or busy 2-core runner must not hit the 600 s default
 def test_debug_dvc_pipeline_end_to_end(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     run(["git", "init", "-q"], repo)

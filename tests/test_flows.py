@@ -12,6 +12,7 @@ def prefect_harness():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes of real stages: a slow or busy 2-core runner must not hit the 600 s default
 def test_pipeline_flow_runs_debug_preset_and_skips_unchanged(tmp_path, prefect_harness):
     import subprocess
 

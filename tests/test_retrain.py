@@ -106,6 +106,7 @@ def _retrain_cmd(repo):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes of real stages: a slow or busy 2-core runner must not hit the 600 s default
 def test_retrain_iteration_then_killed_iteration_keeps_previous_version(tmp_path):
     """One real iteration on the debug preset adds a dataset version and a record; a second one
     SIGKILLed mid-training leaves iteration 1 intact, and a re-run completes it."""
@@ -132,16 +133,19 @@ def test_retrain_iteration_then_killed_iteration_keeps_previous_version(tmp_path
     # iteration 2: killed once a training stage is running
     proc = subprocess.Popen(_retrain_cmd(repo), cwd=repo, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 600
+    deadline = time.time() + 900
     state = repo / "data/retrain/state.json"
-    while time.time() < deadline and proc.poll() is None:
-        if state.exists() and "version" in json.loads(state.read_text())["done"]:
-            time.sleep(3)  # the episodes are versioned; the DVC stages are running now
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "iteration 2 finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if state.exists() and "version" in json.loads(state.read_text())["done"]:
+                time.sleep(3)  # the episodes are versioned; the DVC stages are running now
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "iteration 2 finished before it could be killed"
+    finally:  # also when the test fails or times out: no dvc or training process is left running
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     assert _git(repo, "rev-parse", "HEAD") == head1  # no half iteration committed
     assert sorted(p.name for p in (repo / "data/retrain/records").iterdir()) == ["iter_0001.json"]
     if promoted1 is not None:
