@@ -80,8 +80,30 @@ def markdown_report(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+DVC_RWLOCK = Path(".dvc/tmp/rwlock")
+
+
+def clear_corrupt_dvc_rwlock(repo: Path) -> bool:
+    """Remove DVC's read/write lock record when it is not valid JSON: a ``dvc`` killed while writing
+    it leaves it empty or cut, and every later ``dvc repro`` then fails with "Unable to read
+    RWLock-file" until someone deletes it. A readable record is left alone (it may be another
+    run's lock). True when one was removed."""
+    path = Path(repo) / DVC_RWLOCK
+    try:
+        json.loads(path.read_text())
+        return False
+    except FileNotFoundError:
+        return False
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        path.unlink(missing_ok=True)
+        print(f"removed {path}: it was cut short (a dvc process was killed while writing it)", file=sys.stderr)
+        return True
+
+
 def run_stages(repo: Path, only: list[str] | None = None) -> list[dict[str, Any]]:
-    """Each DVC stage (or those in ``only``) as a task, in dvc.yaml order; collection retried."""
+    """Each DVC stage (or those in ``only``) as a task, in dvc.yaml order; collection retried.
+    A DVC lock record left corrupt by a killed run is cleared first (``clear_corrupt_dvc_rwlock``)."""
+    clear_corrupt_dvc_rwlock(repo)
     results = []
     for stage in dvc_stages(repo):
         if only and stage["name"] not in only:

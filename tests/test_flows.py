@@ -32,3 +32,18 @@ def test_pipeline_flow_runs_debug_preset_and_skips_unchanged(tmp_path, prefect_h
     assert all(r["skipped"] for r in second), [r["stage"] for r in second if not r["skipped"]]
     report = markdown_report(first)
     assert "| collect | ran |" in report and "mean_return" in report
+
+
+def test_a_dvc_lock_record_cut_short_by_a_kill_is_cleared(tmp_path):
+    """Seen in session 18: the retrain test's SIGKILL landed while dvc wrote .dvc/tmp/rwlock, and
+    every later `dvc repro` failed with "Unable to read RWLock-file" (collect's retries included)."""
+    from flows.pipeline import DVC_RWLOCK, clear_corrupt_dvc_rwlock
+
+    lock = tmp_path / DVC_RWLOCK
+    assert clear_corrupt_dvc_rwlock(tmp_path) is False  # none there: nothing to do
+    lock.parent.mkdir(parents=True)
+    lock.write_text('{"read": {}, "write": {"dvc.yaml": {"pid": 1, "cmd": "dvc repro"}}}')
+    assert clear_corrupt_dvc_rwlock(tmp_path) is False and lock.exists()  # a readable lock is another run's
+    for cut in ("", '{"read": {}, "wri'):
+        lock.write_text(cut)
+        assert clear_corrupt_dvc_rwlock(tmp_path) is True and not lock.exists()
