@@ -101,9 +101,7 @@ def clear_corrupt_dvc_rwlock(repo: Path) -> bool:
 
 
 def run_stages(repo: Path, only: list[str] | None = None) -> list[dict[str, Any]]:
-    """Each DVC stage (or those in ``only``) as a task, in dvc.yaml order; collection retried.
-    A DVC lock record left corrupt by a killed run is cleared first (``clear_corrupt_dvc_rwlock``)."""
-    clear_corrupt_dvc_rwlock(repo)
+    """Each DVC stage (or those in ``only``) as a task, in dvc.yaml order; collection retried."""
     results = []
     for stage in dvc_stages(repo):
         if only and stage["name"] not in only:
@@ -121,6 +119,7 @@ def pipeline(repo: str = ".", preset: str | None = None, overrides: list[str] | 
     if preset or overrides:
         cmd = [bin_path("wm"), "compose", *(["--preset", preset] if preset else []), *(overrides or [])]
         subprocess.run(cmd, cwd=repo_path, env=tool_env(), check=True, capture_output=True)
+    clear_corrupt_dvc_rwlock(repo_path)  # a killed earlier run's dvc may have left it cut short
     results = run_stages(repo_path, stages)
     create_markdown_artifact(markdown_report(results), key="wm-pipeline-metrics",
                              description="metrics of every stage of this run")

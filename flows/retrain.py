@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from prefect import flow, get_run_logger, task
 
-from flows.pipeline import bin_path, tool_env, run_stages
+from flows.pipeline import bin_path, clear_corrupt_dvc_rwlock, tool_env, run_stages
 from wm import retrain as rt
 from wm.config import compose, write_params
 
@@ -102,6 +102,7 @@ def retrain(repo: str = ".", preset: str | None = None, overrides: list[str] | N
     base = compose(used_preset, overrides)  # validates the overrides before anything runs
     with rt.retrain_lock(repo_path):
         state = rt.start_or_resume(repo_path)
+        clear_corrupt_dvc_rwlock(repo_path)  # before any dvc call (dvc add, the stages) of this iteration
         tag, n = state["tag"], state["iteration"]
         logger.info("%s iteration %d (%s), collecting with %s", "resuming" if state["resumed"] else "starting",
                     n, tag, state["policy"])
