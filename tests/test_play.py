@@ -6,6 +6,7 @@ import json
 import os
 import struct
 import threading
+import time
 
 import pytest
 
@@ -107,6 +108,63 @@ def test_protocol_errors_busy_and_disconnect(play_server):
     asyncio.run(main())
 
 
+class _SlowSession:
+    """A stand-in session whose steps take a while and which records whether close ever overlaps one."""
+
+    action_map = ACTION_MAP
+    env = None
+
+    def __init__(self, log):
+        self.log, self.stepping = log, False
+
+    def describe(self):
+        return {"game": "", "moments": 1}
+
+    def _frame(self, restarted=""):
+        import numpy as np
+
+        from wm.play.session import Frame
+
+        return Frame(np.zeros((8, 8, 3), np.uint8), None, 0, None, None, None, 0, 0.0, restarted)
+
+    def restart_moment(self, index, seed):
+        return self._frame("moment")
+
+    def step(self, action):
+        self.stepping = True
+        self.log.append("step")
+        time.sleep(0.5)
+        self.stepping = False
+        return self._frame()
+
+    def close(self):
+        self.log.append("close while stepping" if self.stepping else "close")
+
+
+def test_a_client_leaving_mid_step_closes_the_session_after_the_step():
+    import aiohttp
+
+    log, bound, ready = [], [], threading.Event()
+    threading.Thread(target=serve, args=(lambda: _SlowSession(log), "127.0.0.1", 0, 0.0,
+                                         lambda p: (bound.append(p), ready.set())), daemon=True).start()
+    assert ready.wait(60), "the play server did not start"
+
+    async def main():
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(f"http://127.0.0.1:{bound[0]}/ws")
+            assert (await ws.receive_json(timeout=30))["type"] == "hello"
+            while "step" not in log:
+                await asyncio.sleep(0.01)
+            await ws.close()  # mid-step: the handler cancels the frame loop while the thread still steps
+            for _ in range(100):
+                if any(e.startswith("close") for e in log):
+                    break
+                await asyncio.sleep(0.05)
+
+    asyncio.run(main())
+    assert [e for e in log if e.startswith("close")] == ["close"], log
+
+
 def _browser_or_skip():
     from wm.play.browser import find_browser
 
@@ -129,6 +187,8 @@ def test_browser_plays_the_world_model(play_server, tmp_path):
             driver.get(f"http://{play_server}/")
             if "busy" not in driver.title:
                 break
+            time.sleep(0.2)
+        assert "busy" not in driver.title, "the previous session never freed the server"
         wait_for(driver, "window.wmStats && window.wmStats.frames > 3")
         press(driver, Keys.ARROW_LEFT, hold_s=0.2)
         press(driver, Keys.SPACE)

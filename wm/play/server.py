@@ -50,6 +50,7 @@ class Control:
     restart: tuple[str, int] | None = None
     steps: list[tuple[list[str], int]] = field(default_factory=list)  # step mode: one frame each
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    work: asyncio.Future | None = None  # the session call running in a thread, if any (see ``PlayServer._call``)
 
 
 def encode_frame(frame: Frame, header: dict[str, Any]) -> bytes:
@@ -153,10 +154,21 @@ class PlayServer:
                     await loop_task
                 except (asyncio.CancelledError, Exception):
                     pass
+                # cancelling the loop does not stop a step already running in its thread: let it
+                # finish before the emulator and model are closed under it
+                if control.work is not None:
+                    await asyncio.wait([control.work])
             if session is not None:
                 await asyncio.to_thread(session.close)
             self.active = None
         return ws
+
+    @staticmethod
+    async def _call(c: Control, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in a thread, recorded in ``c.work`` so that the handler can wait for it
+        before closing the session (the loop's cancellation leaves the thread running)."""
+        c.work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        return await asyncio.shield(c.work)
 
     @staticmethod
     def _apply(m: dict[str, Any], c: Control) -> None:
@@ -185,9 +197,9 @@ class PlayServer:
                 try:
                     if where == "game":
                         game_seed = seed
-                        frame = await asyncio.to_thread(session.restart_game, seed)
+                        frame = await self._call(c, session.restart_game, seed)
                     else:
-                        frame = await asyncio.to_thread(session.restart_moment, seed, seed)
+                        frame = await self._call(c, session.restart_moment, seed, seed)
                 except ValueError as err:  # e.g. no held-out latents: say so, keep the current game
                     try:
                         await ws.send_json({"type": "error", "message": str(err)})
@@ -197,7 +209,7 @@ class PlayServer:
             elif c.steps:
                 buttons, seq = c.steps.pop(0)
                 action = None if c.agent else action_for(buttons, session.action_map)
-                frame = await asyncio.to_thread(session.step, action)
+                frame = await self._call(c, session.step, action)
             elif c.run:
                 if self.fps > 0:
                     delay = next_at - time.perf_counter()
@@ -206,7 +218,7 @@ class PlayServer:
                     next_at = max(next_at + 1.0 / self.fps, time.perf_counter())
                 seq = c.seq
                 action = None if c.agent else action_for(c.buttons, session.action_map)
-                frame = await asyncio.to_thread(session.step, action)
+                frame = await self._call(c, session.step, action)
             else:
                 c.wake.clear()
                 await c.wake.wait()
