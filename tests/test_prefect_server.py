@@ -19,9 +19,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _api(url: str, path: str, body: dict | None = None):
+def _api(url: str, path: str, body: dict | None = None, method: str | None = None):
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url + path, data=data, method="POST" if data is not None else "GET",
+    method = method or ("POST" if data is not None else "GET")
+    req = urllib.request.Request(url + path, data=data, method=method,
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read() or b"null")
@@ -78,6 +79,15 @@ def test_server_schedule_and_triggered_run(tmp_path):
             assert time.time() < deadline, "no scheduled runs appeared for the cron schedule"
             time.sleep(2)
         assert all(r["expected_start_time"][11:16] == "03:00" for r in runs)
+        # the worker below runs whatever is due: switch the schedules off and drop their runs, so a
+        # test that straddles 03:00 UTC (or Sunday 04:00) runs only the triggered debug flow
+        for d in deployments.values():
+            for sched in d["schedules"]:
+                _api(api, f"/deployments/{d['id']}/schedules/{sched['id']}", {"active": False}, method="PATCH")
+        scheduled = {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}}
+        for r in _api(api, "/flow_runs/filter", scheduled):
+            _api(api, f"/flow_runs/{r['id']}", method="DELETE")
+        assert _api(api, "/flow_runs/filter", scheduled) == []
 
         out = _run([prefect, "deployment", "run", "wm-pipeline/pipeline-nightly", "--params",
                     json.dumps({"preset": "debug", "stages": ["collect", "shard"]})], repo, env)
