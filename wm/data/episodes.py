@@ -87,6 +87,13 @@ _ARRAYS = ("frames", "actions", "buttons", "rewards", "terminals")
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip header can hold
 
 
+def npy_bytes(arr: np.ndarray) -> bytes:
+    """``arr`` as the bytes of a .npy file (no pickles)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
 def zip_write(zf: zipfile.ZipFile, name: str, data: bytes, level: int) -> None:
     """Add ``data`` to ``zf`` as ``name`` (deflate at ``level``) with a fixed timestamp and mode, so
     the same arrays give byte-identical files whenever they are written (``writestr`` with a plain
@@ -107,9 +114,7 @@ def save_episode(ep: Episode, path: Path, compresslevel: int = 1) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel) as zf:
         for name in (*_ARRAYS, "lives"):
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(getattr(ep, name)), allow_pickle=False)
-            zip_write(zf, f"{name}.npy", buf.getvalue(), compresslevel)
+            zip_write(zf, f"{name}.npy", npy_bytes(getattr(ep, name)), compresslevel)
         zip_write(zf, "meta.json", json.dumps(ep.meta).encode(), compresslevel)
     tmp.replace(path)
 

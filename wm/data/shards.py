@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from wm.atomic import write_json_atomic
-from wm.data.episodes import Episode, load_episode, zip_write
+from wm.data.episodes import Episode, load_episode, npy_bytes, zip_write
 from wm.errors import ConfigValueError, UserError
 from wm.provenance import code_version
 
@@ -50,12 +50,6 @@ class ShardError(UserError, RuntimeError):
 
 
 # ---------------------------------------------------------------- writing
-
-
-def npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return buf.getvalue()
 
 
 def _npz(arrays: dict[str, np.ndarray], level: int) -> bytes:

@@ -20,8 +20,9 @@ from tqdm import tqdm
 
 from wm.atomic import atomic_dir, write_json_atomic
 from wm.config import Config
-from wm.data.shards import (MANIFEST, SPLITS, VIDEO_LATENTS, iter_shard, npy_bytes, read_manifest, shard_paths,
-                            split_frames, write_split)
+from wm.data.episodes import npy_bytes
+from wm.data.shards import (MANIFEST, SPLITS, VIDEO_LATENTS, iter_shard, read_manifest, shard_paths, split_frames,
+                            write_split)
 from wm.models.tokenizer import Tokenizer
 from wm.provenance import code_version
 from wm.training.distributed import compute_device
