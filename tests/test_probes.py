@@ -35,3 +35,26 @@ def test_continuation_targets_from_lives():
     assert continuation(lives, terminals).tolist() == [1, 1, 0, 1, 1, 0, 1, 0]
     # unknown lives (-1): only the terminal ends it
     assert continuation(np.full(4, -1), np.array([0, 0, 0, 1], bool)).tolist() == [1, 1, 1, 0]
+
+
+def test_kill_probe_cv_folds_keep_episodes_whole_and_the_paired_interval_finds_a_better_scorer():
+    """scripts/kill_probe_cv.py: each episode's rows fall in one fold, every fold is used, and the
+    episode bootstrap's interval for (worse - better) lies below zero for a clearly worse scorer."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("kill_probe_cv", Path(__file__).parents[1] / "scripts" / "kill_probe_cv.py")
+    cv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cv)
+    rng = np.random.default_rng(0)
+    episodes = np.repeat([f"train/ep{i:03d}" for i in range(30)], 50)
+    fold = cv.fold_of(episodes, 10)
+    assert set(fold) == set(range(10))
+    for e in set(episodes):
+        assert len(set(fold[episodes == e])) == 1
+    y = rng.random(len(episodes)) < 0.1
+    good = y + rng.normal(0, 0.5, len(y))
+    bad = y + rng.normal(0, 2.0, len(y))
+    boot = cv.episode_bootstrap({"good": good, "bad": bad}, y, episodes, boots=200)
+    assert all(0.5 < a <= 1 for a in boot["good"])
+    assert np.percentile(boot["bad"], 97.5) < 0

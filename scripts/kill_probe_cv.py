@@ -1,0 +1,141 @@
+"""The kill probe cross-validated over every episode, to tell two tokenizers' latents apart.
+
+    python scripts/kill_probe_cv.py A=data/latents B=OTHER/latents [--folds 10] [--seeds 3] --out X.json
+
+finetune_agent's `reward/probe_auc/latents` scores one held-out split (14 episodes, ~76 kills): two
+tokenizers closer than ~0.03 AUC cannot be told apart by it (scripts/kill_probe_spread.py). Here
+the same probe (an MLP on the latents of a frame and the one before, `wm.probes.probe_scores`)
+is fitted K times, each time on all episodes but one fold of them (train and val splits pooled),
+and scores the episodes it did not see: every kill of the data is scored once per probe seed.
+Folders must hold latents of the same shards (the rows are checked to match), so the comparison
+is paired: the difference of AUCs with a 95 % interval from resampling whole episodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from wm.atomic import write_json_atomic  # noqa: E402
+from wm.config import load  # noqa: E402
+from wm.data.shards import make_clip_loader  # noqa: E402
+from wm.probes import probe_scores, roc_auc  # noqa: E402
+from wm.training.heads import kill_pairs  # noqa: E402
+
+
+def all_rows(latents: str, clip_len: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, list[str]]:
+    """Every transition of every clip of both splits, in a fixed order: latents (N, 2, L, dz),
+    kill (N,), the episode of each row ("split/epNNN") and the clip keys (to check two folders match)."""
+    xs, ys, eps, keys = [], [], [], []
+    for split in ("train", "val"):
+        for b in make_clip_loader(latents, split, clip_len, 16, shuffle=False):
+            x, y = kill_pairs(b["latents"].float(), b["rewards"])
+            xs.append(x)
+            ys.append(y)
+            per_clip = x.shape[0] // len(b["key"])
+            for key in b["key"]:
+                eps += [f"{split}/{key.split('_')[0]}"] * per_clip
+            keys += [f"{split}/{k}" for k in b["key"]]
+    return torch.cat(xs), torch.cat(ys), np.array(eps), keys
+
+
+def fold_of(episodes: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """Each row's fold: whole episodes, dealt to ``folds`` folds in a seeded order."""
+    names = np.array(sorted(set(episodes)))
+    order = np.random.default_rng(seed).permutation(len(names))
+    fold = {names[i]: j % folds for j, i in enumerate(order)}
+    return np.array([fold[e] for e in episodes])
+
+
+def out_of_fold(x: torch.Tensor, y: torch.Tensor, fold: np.ndarray, steps: int, seed: int) -> np.ndarray:
+    """Probe scores of every row from a probe that never saw its episode."""
+    scores = np.zeros(len(y))
+    flat = x.flatten(1)
+    for k in sorted(set(fold)):
+        held = torch.from_numpy(fold == k)
+        s = probe_scores(flat[~held], y[~held], flat[held], steps=steps, seed=seed)
+        scores[held.numpy()] = np.asarray(s)
+    return scores
+
+
+def episode_bootstrap(scores: dict[str, np.ndarray], y: np.ndarray, episodes: np.ndarray, boots: int, seed: int = 0
+                      ) -> dict[str, list[float]]:
+    """AUC of each folder's scores, and the difference of each against the first, over ``boots``
+    resamples of whole episodes (kills within an episode are not independent)."""
+    names = sorted(set(episodes))
+    rows = {e: np.flatnonzero(episodes == e) for e in names}
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[float]] = {k: [] for k in scores}
+    first = next(iter(scores))
+    for _ in range(boots):
+        idx = np.concatenate([rows[names[i]] for i in rng.integers(0, len(names), len(names))])
+        aucs = {k: roc_auc(s[idx], y[idx]) for k, s in scores.items()}
+        for k in scores:
+            out[k].append(aucs[k] - aucs[first] if k != first else aucs[k])
+    return out
+
+
+def compare(folders: dict[str, str], params: str = "params.yaml", folds: int = 10, seeds: int = 3,
+            boots: int = 1000) -> dict:
+    cfg = load(params)
+    a, clip_len = cfg.agent, cfg.rl.context + cfg.rl.horizon
+    rows = {name: all_rows(path, clip_len) for name, path in folders.items()}
+    first = next(iter(rows))
+    _, y, episodes, keys = rows[first]
+    for name, (_, y2, _, keys2) in rows.items():
+        if keys2 != keys or not torch.equal(y2, y):
+            raise SystemExit(f"{folders[name]} does not hold latents of the same clips as {folders[first]}: "
+                             "compare folders cached from the same shards")
+    fold = fold_of(episodes, folds)
+    yn = y.numpy()
+    out: dict = {"rows": int(len(yn)), "kills": int(yn.sum()), "episodes": len(set(episodes)), "folds": folds,
+                 "probe_steps": a.probe_steps, "probe_seeds": seeds, "folders": folders}
+    mean_scores = {}
+    for name, (x, _, _, _) in rows.items():
+        per_seed = [out_of_fold(x, y, fold, a.probe_steps, seed) for seed in range(seeds)]
+        aucs = [roc_auc(s, yn) for s in per_seed]
+        mean_scores[name] = np.mean(per_seed, 0)  # the probe-seed ensemble, for the paired interval
+        out[name] = {"auc_by_probe_seed": aucs, "auc_mean": statistics.fmean(aucs),
+                     "auc_sd": statistics.stdev(aucs) if seeds > 1 else None,
+                     "auc_ensemble": roc_auc(mean_scores[name], yn)}
+        print(name, json.dumps({k: v for k, v in out[name].items() if k != "auc_by_probe_seed"}), flush=True)
+    boot = episode_bootstrap(mean_scores, yn, episodes, boots)
+    for name, values in boot.items():
+        key = "auc_ensemble_bootstrap95" if name == first else f"diff_vs_{first}_bootstrap95"
+        out[name][key] = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+        if name != first:
+            out[name][f"diff_vs_{first}"] = out[name]["auc_ensemble"] - out[first]["auc_ensemble"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("latents", nargs="+", help="latent folders (wm cache-latents outputs) as NAME=PATH; the first is the reference")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--folds", type=int, default=10)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    folders = {}
+    for arg in args.latents:
+        name, _, path = arg.rpartition("=")
+        folders[name or path] = path
+    out = compare(folders, args.params, args.folds, args.seeds)
+    print(json.dumps({k: v for k, v in out.items() if k not in folders}))
+    for name in list(folders)[1:]:
+        print(f"{name} - {next(iter(folders))}: {out[name][f'diff_vs_{next(iter(folders))}']:+.4f} "
+              f"(95 % over episodes {out[name][f'diff_vs_{next(iter(folders))}_bootstrap95']})")
+    if args.out:
+        write_json_atomic(args.out, out)
+
+
+if __name__ == "__main__":
+    main()
