@@ -130,9 +130,10 @@ def main() -> None:
         folders[name or path] = path
     out = compare(folders, args.params, args.folds, args.seeds)
     print(json.dumps({k: v for k, v in out.items() if k not in folders}))
-    for name in list(folders)[1:]:
-        print(f"{name} - {next(iter(folders))}: {out[name][f'diff_vs_{next(iter(folders))}']:+.4f} "
-              f"(95 % over episodes {out[name][f'diff_vs_{next(iter(folders))}_bootstrap95']})")
+    ref, *others = folders
+    for name in others:
+        print(f"{name} - {ref}: {out[name][f'diff_vs_{ref}']:+.4f} "
+              f"(95 % over episodes {out[name][f'diff_vs_{ref}_bootstrap95']})")
     if args.out:
         write_json_atomic(args.out, out)
 
