@@ -2,7 +2,7 @@
 
     python scripts/action_free_seeds.py OUT/action_free_s*_f*.json --out OUT/action_free_seeds.json
 
-Each input is one `wm action-free` summary (data/metrics/action_free.json of one seed and one
+Each input is one `wm action-free` summary (OUT_DIR/action_free.json of one seed and one
 labelled share). Per labelled share: every arm's figures as mean, sd and per-seed values; the
 paired differences labelled+video minus labelled-only (same seed); and the issue's three checks
 on the means: gap/labeled_plus_video >= 0.7 x gap/full, gap/labeled_plus_video >

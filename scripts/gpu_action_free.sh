@@ -77,7 +77,7 @@ for s in $SEEDS; do for f in $FRACS; do  # each seed and share: its two arms and
   python3 -m wm.cli action-free $DATA dynamics.train.seed="$s" action_free.out_dir="$RUN/s$s/f$f" \
     action_free.steps="$STEPS" action_free.labeled_frac="$f" >"$OUT/logs/summary-s$s-f$f.log" 2>&1
   echo "summary s$s f$f rc=$?" | tee -a "$OUT/steps.txt"
-  cp data/metrics/action_free.json "$OUT/action_free_s${s}_f$f.json" 2>/dev/null
+  cp "$RUN/s$s/f$f/action_free.json" "$OUT/action_free_s${s}_f$f.json" 2>/dev/null
 done; done
 python3 scripts/action_free_seeds.py "$OUT"/action_free_s*_f*.json --out "$OUT/action_free_seeds.json" \
   >>"$OUT/steps.txt" 2>&1

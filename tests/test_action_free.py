@@ -87,7 +87,9 @@ def test_action_free_experiment_end_to_end(latents_cfg):
         assert not (base / "data/metrics/action_free.json").exists()
         assert sorted(p.name for p in (base / "action_free").iterdir()) == ["labeled_only"]
         out = run_action_free(cfg)
-        saved = json.loads((base / "data/metrics/action_free.json").read_text())
+        saved = json.loads((base / "action_free" / "action_free.json").read_text())
+        # the DVC stage's tracked metric is the summary of the run in the default out_dir only
+        assert not (base / "data/metrics/action_free.json").exists()
     finally:
         os.chdir(cwd)
     h, k = cfg.dynamics.horizon, cfg.dynamics.sample_steps
@@ -109,19 +111,24 @@ def test_action_free_experiment_end_to_end(latents_cfg):
     # nor one with another labelled share (the full arm, every episode labelled, is the same arm) ...
     with pytest.raises(ConfigValueError, match="labeled_plus_video arm with other settings .*dynamics.labeled_frac"):
         run_action_free(dataclasses.replace(cfg, action_free=dataclasses.replace(cfg.action_free, labeled_frac=0.25)))
-    # ... while other threads or a compiled model change speed, not the arm: reused as it is
-    ckpts = {arm: (base / "action_free" / arm / "checkpoint" / CHECKPOINT).stat().st_mtime_ns
+    # ... while other threads or a compiled model change speed, not the arm: reused as it is (here
+    # from the default out_dir, whose summary is also the DVC stage's metric)
+    (base / "data").mkdir(exist_ok=True)
+    (base / "action_free").rename(base / "data" / "action_free")
+    ckpts = {arm: (base / "data/action_free" / arm / "checkpoint" / CHECKPOINT).stat().st_mtime_ns
              for arm in ("full", "labeled_plus_video", "labeled_only")}
     fast = dataclasses.replace(cfg.dynamics, train=dataclasses.replace(cfg.dynamics.train, threads=1, compile=True,
                                                                                ckpt_every=1))
     cwd = os.getcwd()
     os.chdir(base)
     try:
-        again = run_action_free(dataclasses.replace(cfg, dynamics=fast))
+        again = run_action_free(dataclasses.replace(cfg, dynamics=fast, action_free=dataclasses.replace(
+            cfg.action_free, out_dir="data/action_free")))
     finally:
         os.chdir(cwd)
-    assert again == out and ckpts == {arm: (base / "action_free" / arm / "checkpoint" / CHECKPOINT).stat().st_mtime_ns
-                                      for arm in ckpts}
+    assert again == out and ckpts == {
+        arm: (base / "data/action_free" / arm / "checkpoint" / CHECKPOINT).stat().st_mtime_ns for arm in ckpts}
+    assert json.loads((base / "data/metrics/action_free.json").read_text()) == saved
 
 
 def test_action_free_clips_never_reach_action_or_reward_losses(debug_cfg):

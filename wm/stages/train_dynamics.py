@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from wm.atomic import write_bytes_atomic, write_json_atomic
-from wm.config import Config, to_dict, with_absolute_paths
+from wm.config import ActionFreeConfig, Config, to_dict, with_absolute_paths
 from wm.errors import ConfigValueError
 from wm.data.shards import (EpisodeLabels, episode_labels, has_clips, make_clip_loader, mixed_batches, train_batches,
                             video_latents_dir)
@@ -264,7 +264,8 @@ def run(cfg: Config, resume: bool = False, imported_videos: bool = True) -> dict
 
 # name -> (labeled share: None = action_free.labeled_frac, what the other episodes become)
 ACTION_FREE_ARMS = (("full", 1.0, "video"), ("labeled_plus_video", None, "video"), ("labeled_only", None, "drop"))
-ACTION_FREE_METRICS = Path("data/metrics/action_free.json")
+ACTION_FREE_METRICS = Path("data/metrics/action_free.json")  # the summary of the run in the default out_dir
+SUMMARY_NAME = "action_free.json"  # every run's summary, in its out_dir
 
 
 def arm_steps(af: Any, dyn: Any, name: str) -> int:
@@ -408,5 +409,10 @@ def run_action_free(cfg: Config) -> dict[str, Any]:
     out[f"psnr_h{h}/repeat_last"] = metrics[f"psnr_h{h}/repeat_last"]
     out["gap_ratio/labeled_plus_video"] = out["gap/labeled_plus_video"] / out["gap/full"] if out["gap/full"] else None
     out["wall_s"] = round(sum(walls.values()), 1)  # each arm's training + evaluation, however they were run
-    write_json_atomic(ACTION_FREE_METRICS, out)
+    write_json_atomic(root / SUMMARY_NAME, out)
+    if root == Path(ActionFreeConfig.out_dir).resolve():  # the DVC stage's run: its tracked metric
+        write_json_atomic(ACTION_FREE_METRICS, out)
+    else:
+        print(f"action-free: summary in {root / SUMMARY_NAME} ({ACTION_FREE_METRICS} is the summary of "
+              f"the run in {ActionFreeConfig.out_dir} only)")
     return out
