@@ -90,6 +90,10 @@ def test_action_free_experiment_end_to_end(latents_cfg):
         saved = json.loads((base / "action_free" / "action_free.json").read_text())
         # the DVC stage's tracked metric is the summary of the run in the default out_dir only
         assert not (base / "data/metrics/action_free.json").exists()
+        assert not (base / "data/eval/action_free.png").exists()
+        from PIL import Image
+
+        assert Image.open(base / "action_free" / "action_free.png").size == (640, 400)
     finally:
         os.chdir(cwd)
     h, k = cfg.dynamics.horizon, cfg.dynamics.sample_steps
@@ -129,6 +133,7 @@ def test_action_free_experiment_end_to_end(latents_cfg):
     assert again == out and ckpts == {
         arm: (base / "data/action_free" / arm / "checkpoint" / CHECKPOINT).stat().st_mtime_ns for arm in ckpts}
     assert json.loads((base / "data/metrics/action_free.json").read_text()) == saved
+    assert (base / "data/eval/action_free.png").read_bytes() == (base / "data/action_free/action_free.png").read_bytes()
 
 
 def test_action_free_clips_never_reach_action_or_reward_losses(debug_cfg):

@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from wm.atomic import write_json_atomic
 from wm.config import Config, EnvConfig
+from wm.plots import bar_plot
 from wm.stats import ci95
 
 METRICS_PATH = Path("data/metrics/evaluate.json")
@@ -76,29 +77,6 @@ def play(env_cfg: EnvConfig, policy: str, seeds: list[int], workers: int, tokeni
     ctx = mp.get_context("spawn")
     with ctx.Pool(workers, initializer=_init, initargs=(env_cfg, policy, tokenizer_dir)) as pool:
         return sorted(pool.map(_episode, seeds))
-
-
-def bar_plot(results: dict[str, dict[str, float]], path: Path, title: str = "real-game return (mean, 95% CI)",
-             fmt: str = ".0f") -> None:
-    h, pad = 300, 40
-    w = max(480, 2 * pad + 90 * len(results))
-    img = Image.new("RGB", (w, h), "white")
-    draw = ImageDraw.Draw(img)
-    top = max([r["mean"] + (r["ci95"] if math.isfinite(r["ci95"]) else 0) for r in results.values()] + [0.0]) or 1.0
-    bw = (w - 2 * pad) // (2 * len(results))
-    for i, (name, r) in enumerate(results.items()):
-        x = pad + (2 * i + 0.5) * bw
-        y = h - pad - (h - 2 * pad) * max(r["mean"], 0.0) / top
-        draw.rectangle([x, y, x + bw, h - pad], fill=(70, 110, 200))
-        if math.isfinite(r["ci95"]):
-            lo = h - pad - (h - 2 * pad) * (r["mean"] - r["ci95"]) / top
-            hi = h - pad - (h - 2 * pad) * (r["mean"] + r["ci95"]) / top
-            draw.line([x + bw / 2, lo, x + bw / 2, hi], fill="black", width=2)
-        draw.text((x, h - pad + 5), name, fill="black")
-        draw.text((x, y - 14), format(r["mean"], fmt), fill="black")
-    draw.text((pad, 10), title, fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
 
 
 def record_gif(env_cfg: EnvConfig, policy: str, seed: int, tokenizer_dir: str, path: Path, max_frames: int) -> None:

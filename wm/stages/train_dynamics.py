@@ -266,6 +266,8 @@ def run(cfg: Config, resume: bool = False, imported_videos: bool = True) -> dict
 ACTION_FREE_ARMS = (("full", 1.0, "video"), ("labeled_plus_video", None, "video"), ("labeled_only", None, "drop"))
 ACTION_FREE_METRICS = Path("data/metrics/action_free.json")  # the summary of the run in the default out_dir
 SUMMARY_NAME = "action_free.json"  # every run's summary, in its out_dir
+FIGURE_NAME = "action_free.png"  # and its figure
+ACTION_FREE_PLOT = Path("data/eval/action_free.png")  # the default run's figure
 
 
 def arm_steps(af: Any, dyn: Any, name: str) -> int:
@@ -410,9 +412,31 @@ def run_action_free(cfg: Config) -> dict[str, Any]:
     out["gap_ratio/labeled_plus_video"] = out["gap/labeled_plus_video"] / out["gap/full"] if out["gap/full"] else None
     out["wall_s"] = round(sum(walls.values()), 1)  # each arm's training + evaluation, however they were run
     write_json_atomic(root / SUMMARY_NAME, out)
+    action_free_plot(root, out, k, root / FIGURE_NAME)
     if root == Path(ActionFreeConfig.out_dir).resolve():  # the DVC stage's run: its tracked metric
         write_json_atomic(ACTION_FREE_METRICS, out)
+        action_free_plot(root, out, k, ACTION_FREE_PLOT)
     else:
-        print(f"action-free: summary in {root / SUMMARY_NAME} ({ACTION_FREE_METRICS} is the summary of "
-              f"the run in {ActionFreeConfig.out_dir} only)")
+        print(f"action-free: summary in {root / SUMMARY_NAME}, figure {root / FIGURE_NAME} "
+              f"({ACTION_FREE_METRICS} is the summary of the run in {ActionFreeConfig.out_dir} only)")
     return out
+
+
+def action_free_plot(root: Path, summary: dict[str, Any], k: int, path: Path) -> None:
+    """Open-loop PSNR over the horizon of each arm (the arms' ``dynamics_psnr_by_step.tsv``): with
+    the true actions (solid) and shuffled actions (dashed), the gap between them being the action
+    effect, and repeat-last (grey) as the floor."""
+    import csv
+
+    from wm.plots import line_plot
+
+    series = []
+    for i, (name, _, _) in enumerate(ACTION_FREE_ARMS):
+        with open(root / name / PLOT_PATH, newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        series.append((f"{name} (gap {summary[f'gap/{name}']:.2f} dB)", [float(r[f"k{k}"]) for r in rows], i, False))
+        series.append((f"{name}, shuffled actions", [float(r[f"k{k}_shuffled_actions"]) for r in rows], i, True))
+    series.append(("repeat last frame", [float(r["repeat_last"]) for r in rows], 5, False))
+    share = summary["labeled_frac"]
+    line_plot(series, path, f"action-free experiment: {share:.0%} of episodes labelled, open-loop PSNR (K={k})",
+              "frames predicted", "PSNR dB")
