@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 from conftest import BIN, copy_repo, env_with_venv
@@ -19,13 +20,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _api(url: str, path: str, body: dict | None = None, method: str | None = None):
+def _api(url: str, path: str, body: dict | None = None, method: str | None = None, tries: int = 6):
+    """One REST call. A busy server answers 503 (its SQLite database locked by the scheduler
+    service, seen on a loaded 2-core machine) or 429/502; like Prefect's own client, retry those
+    with a growing wait before failing."""
     data = json.dumps(body).encode() if body is not None else None
     method = method or ("POST" if data is not None else "GET")
-    req = urllib.request.Request(url + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read() or b"null")
+    for attempt in range(tries):
+        req = urllib.request.Request(url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as err:
+            if err.code not in (429, 502, 503) or attempt == tries - 1:
+                raise
+            time.sleep(2 ** attempt)
 
 
 def _run(cmd, cwd, env, timeout=180):
