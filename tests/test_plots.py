@@ -15,7 +15,7 @@ def test_line_plot_draws_each_series_at_its_values(tmp_path):
     flat = [25.0] * 11
     line_plot([("rising", rising, 0, False), ("flat", flat, 1, True)], path, "t", "x", "y", width=640, height=400)
     img = Image.open(path).convert("RGB")
-    assert img.size == (640, 400) and not list(tmp_path.glob(".*.tmp.png"))
+    assert img.size == (640, 400) and not list(tmp_path.glob(".*"))  # no temporary file left
     left, top, pw, ph = 56, 32, 640 - 56 - 16, 400 - 32 - 44  # the plot box of line_plot
 
     def at(i: int, y: float) -> tuple[int, int]:

@@ -4,21 +4,23 @@ Each chart is written atomically (a temporary file renamed into place)."""
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Sequence
 
 from PIL import Image, ImageDraw
 
+from wm.atomic import write_bytes_atomic
+
 # distinguishable on white, in the order series are given
 PALETTE = ((40, 90, 200), (220, 110, 20), (30, 150, 60), (190, 40, 40), (120, 70, 170), (110, 110, 110))
 
 
 def _save(img: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    img.save(tmp)
-    tmp.replace(path)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def bar_plot(results: dict[str, dict[str, float]], path: Path, title: str = "real-game return (mean, 95% CI)",

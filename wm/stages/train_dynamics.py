@@ -415,7 +415,7 @@ def run_action_free(cfg: Config) -> dict[str, Any]:
     action_free_plot(root, out, k, root / FIGURE_NAME)
     if root == Path(ActionFreeConfig.out_dir).resolve():  # the DVC stage's run: its tracked metric
         write_json_atomic(ACTION_FREE_METRICS, out)
-        action_free_plot(root, out, k, ACTION_FREE_PLOT)
+        write_bytes_atomic(ACTION_FREE_PLOT, (root / FIGURE_NAME).read_bytes())
     else:
         print(f"action-free: summary in {root / SUMMARY_NAME}, figure {root / FIGURE_NAME} "
               f"({ACTION_FREE_METRICS} is the summary of the run in {ActionFreeConfig.out_dir} only)")
