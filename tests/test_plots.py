@@ -44,3 +44,17 @@ def test_bar_plot_writes_a_png(tmp_path):
     path = tmp_path / "bars.png"
     bar_plot({"a": {"mean": 2.0, "ci95": 0.5}, "b": {"mean": 1.0, "ci95": float("nan")}}, path)
     assert Image.open(path).size == (480, 300)
+
+
+def test_save_gif_keeps_every_frame_and_replaces_the_old_file(tmp_path):
+    from wm.plots import save_gif
+
+    path = tmp_path / "clip.gif"
+    path.write_bytes(b"an older version")
+    frames = [Image.new("RGB", (8, 6), (40 * i, 0, 0)) for i in range(5)]
+    save_gif(frames, path, duration_ms=70)
+    gif = Image.open(path)
+    assert gif.n_frames == 5 and gif.size == (8, 6) and gif.info["duration"] == 70 and gif.info["loop"] == 0
+    gif.seek(3)
+    assert gif.convert("RGB").getpixel((0, 0)) == (120, 0, 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.gif"]  # no temporary file left

@@ -118,12 +118,12 @@ def sample_gif(shard_dir: str, out: Path, frames: int = 32, scale: int = 3) -> P
     from PIL import Image
 
     from wm.data.shards import iter_shard, shard_paths
+    from wm.plots import save_gif
 
     sample = next(iter_shard(shard_paths(shard_dir, "val", verify=False)[0]))
     images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.Resampling.NEAREST)
               for f in sample["frames"][:frames]]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    images[0].save(out, save_all=True, append_images=images[1:], duration=80, loop=0)
+    save_gif(images, out, duration_ms=80)
     return out
 
 

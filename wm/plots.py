@@ -1,6 +1,7 @@
-"""Small PNG charts drawn with PIL (no plotting library in the install): the bar chart of the
-evaluation's returns and rates, and line charts such as PSNR over the prediction horizon.
-Each chart is written atomically (a temporary file renamed into place)."""
+"""Pictures written with PIL (no plotting library in the install): small PNG charts (the bar chart
+of the evaluation's returns and rates, line charts such as PSNR over the prediction horizon) and
+the writers every stage's PNGs and GIFs go through, atomically (encoded in memory, then a
+temporary file renamed into place), so an interrupted stage never leaves half an image."""
 
 from __future__ import annotations
 
@@ -17,9 +18,16 @@ from wm.atomic import write_bytes_atomic
 PALETTE = ((40, 90, 200), (220, 110, 20), (30, 150, 60), (190, 40, 40), (120, 70, 170), (110, 110, 110))
 
 
-def _save(img: Image.Image, path: Path) -> None:
+def save_png(img: Image.Image, path: str | Path) -> None:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def save_gif(frames: Sequence[Image.Image], path: str | Path, duration_ms: int) -> None:
+    """An endlessly looping GIF, ``duration_ms`` per frame."""
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=list(frames[1:]), duration=duration_ms, loop=0)
     write_bytes_atomic(path, buf.getvalue())
 
 
@@ -43,7 +51,7 @@ def bar_plot(results: dict[str, dict[str, float]], path: Path, title: str = "rea
         draw.text((x, h - pad + 5), name, fill="black")
         draw.text((x, y - 14), format(r["mean"], fmt), fill="black")
     draw.text((pad, 10), title, fill="black")
-    _save(img, path)
+    save_png(img, path)
 
 
 def _segment(draw: ImageDraw.ImageDraw, a: tuple[float, float], b: tuple[float, float], colour: tuple[int, ...],
@@ -107,4 +115,4 @@ def line_plot(series: Sequence[tuple[str, Sequence[float], int, bool]], path: Pa
     draw.text((left, 8), title, fill="black")
     draw.text((left + pw // 2 - 3 * len(xlabel), height - 18), xlabel, fill="black")
     draw.text((4, 8), ylabel, fill="black")
-    _save(img, path)
+    save_png(img, path)

@@ -33,7 +33,7 @@ from PIL import Image
 
 from wm.atomic import write_json_atomic
 from wm.config import Config, EnvConfig
-from wm.plots import bar_plot
+from wm.plots import bar_plot, save_gif
 from wm.stats import ci95
 
 METRICS_PATH = Path("data/metrics/evaluate.json")
@@ -86,8 +86,7 @@ def record_gif(env_cfg: EnvConfig, policy: str, seed: int, tokenizer_dir: str, p
     ep = play_episode(_STATE["env"], _STATE["policy"], seed)
     frames = [Image.fromarray(f).resize((f.shape[1] * 3, f.shape[0] * 3), Image.Resampling.NEAREST)
               for f in ep.frames[:max_frames]]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=66, loop=0)
+    save_gif(frames, path, duration_ms=66)
 
 
 def kill_probe(cfg: Config, train_rows: int = 40000) -> tuple[Any, dict[str, float]]:

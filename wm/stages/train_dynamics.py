@@ -32,6 +32,7 @@ from wm.models.dynamics import Dynamics, shift_actions
 from wm.models.tokenizer import Tokenizer
 from wm.models.transformer import Block
 from wm.objectives.shortcut import ShortcutLoss
+from wm.plots import line_plot, save_gif
 from wm.timing import synced_clock
 from wm.training.trainer import Trainer
 from wm.world_model import load_tokenizer, rollout
@@ -189,10 +190,7 @@ def save_rollout_gif(real: torch.Tensor, imagined: torch.Tensor, path: Path, n: 
         arr = (f.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
         img = Image.fromarray(arr)
         images.append(img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.gif")
-    images[0].save(tmp, save_all=True, append_images=images[1:], duration=150, loop=0)
-    tmp.replace(path)
+    save_gif(images, path, duration_ms=150)
 
 
 def _write_plot(by_step: dict[str, list[float]], path: Path) -> None:
@@ -427,8 +425,6 @@ def action_free_plot(root: Path, summary: dict[str, Any], k: int, path: Path) ->
     the true actions (solid) and shuffled actions (dashed), the gap between them being the action
     effect, and repeat-last (grey) as the floor."""
     import csv
-
-    from wm.plots import line_plot
 
     series = []
     for i, (name, _, _) in enumerate(ACTION_FREE_ARMS):

@@ -22,6 +22,7 @@ from wm.models.tokenizer import Tokenizer
 from wm.models.transformer import Block
 from wm.objectives.mae import TokenizerLoss
 from wm.objectives.perceptual import load_perceptual
+from wm.plots import save_png
 from wm.training.trainer import Trainer
 
 METRICS_PATH = Path("data/metrics/tokenizer.json")
@@ -100,10 +101,7 @@ def _save_enlarged(image: torch.Tensor, path: Path, scale: int) -> None:
     """(3, H, W) in [0, 1] -> a PNG enlarged ``scale`` times (nearest), written atomically."""
     arr = (image.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
     img = Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.Resampling.NEAREST)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    img.save(tmp)
-    tmp.replace(path)
+    save_png(img, path)
 
 
 def save_moving_crops(model: Tokenizer, batches: list[dict[str, torch.Tensor]], path: Path, n: int = 8,
