@@ -15,6 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: wm, dvc, prefect
 
 
+def free_port() -> int:
+    """A loopback port free at the time of asking (the OS picks it), for DDP ranks and servers."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

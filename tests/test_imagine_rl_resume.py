@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from conftest import init_tokenizer_and_latents, make_cfg, save_init_model
+from conftest import free_port, init_tokenizer_and_latents, make_cfg, save_init_model
 from wm.models.agent import Agent
 from wm.models.dynamics import Dynamics
 from wm.stages import cache_latents, imagine_rl
@@ -151,14 +151,10 @@ def test_imagine_rl_runs_under_two_ranks(rl_setup):
     """`torchrun --nproc_per_node 2 -m wm.cli imagine-rl`: two gloo ranks imagine their own
     trajectories, step together (the learner's equality with one process: test_pmpo_learner.py),
     and rank 0 alone writes the checkpoint and the metrics."""
-    import socket
-
     import torch.multiprocessing as mp
 
     base, cfg = rl_setup
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.spawn(_rl_rank, args=(2, port, str(base), cfg), nprocs=2, join=True)
     ckpt = load_checkpoint(base / "ddp" / CHECKPOINT)
     metrics = json.loads((base / "ddp" / "data/metrics/imagine_rl.json").read_text())

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import free_port
 from wm.config import RLConfig
 from wm.objectives.twohot import make_bins
 from wm.training.pmpo_learner import PMPOLearner
@@ -135,16 +136,12 @@ def test_data_parallel_update_equals_one_process_on_the_combined_batch(tmp_path)
     """Imagination RL's learner on 2 ranks (gloo), each with half of every imagined batch, ends
     where one process ends on the whole batches: whole-batch median centring, positive share,
     guard decisions and PMPO set sizes, averaged gradients, clipping after the average."""
-    import socket
-
     import torch.multiprocessing as mp
 
     learner, policy, value = _dp_learner(1)
     logs = [learner.update(*batch) for batch in _dp_batches()]
     assert 0 < sum(entry["rl/policy_step"] for entry in logs) < len(logs)  # warm-up skipped, then policy steps
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.spawn(_dp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     for got in ranks:

@@ -5,19 +5,12 @@ import pytest
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 
-from conftest import BIN, copy_repo, env_with_venv
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import BIN, copy_repo, env_with_venv, free_port
 
 
 def _api(url: str, path: str, body: dict | None = None, method: str | None = None, tries: int = 6):
@@ -51,7 +44,7 @@ def test_server_schedule_and_triggered_run(tmp_path):
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=repo, check=True, env=env, capture_output=True)
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=api, WM_REPO=str(repo),
                PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_API_HOST="127.0.0.1",

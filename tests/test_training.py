@@ -1,13 +1,13 @@
 import dataclasses
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from conftest import free_port
 from wm.config import TrainConfig
 from wm.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from wm.training.trainer import NonFiniteLossError, Trainer, load_trained
@@ -59,17 +59,11 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, mode: str) -> None:
     make_trainer(Path(out), cfg, rank, world).fit()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_two_ranks(tmp_path: Path, mode: str) -> dict:
     import torch.multiprocessing as mp
 
     out = tmp_path / mode
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(out), mode), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(out), mode), nprocs=2, join=True)
     return load_checkpoint(out / "checkpoint.pt")
 
 
@@ -354,7 +348,7 @@ def test_ddp_step_equals_single_process_for_every_stage_model(tmp_path, which):
                   run_config={"t": 1}, live_dir=tmp_path / "single" / "live")
     ref.fit()
     want = ref.model.state_dict()
-    mp.spawn(_stage_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp"), which), nprocs=2, join=True)
+    mp.spawn(_stage_ddp_worker, args=(2, free_port(), str(tmp_path / "ddp"), which), nprocs=2, join=True)
     a, b = (torch.load(tmp_path / "ddp" / f"rank{r}.pt") for r in (0, 1))
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
