@@ -103,6 +103,14 @@ def test_action_free_experiment_end_to_end(latents_cfg):
             (base / "action_free" / arm / "data/metrics/dynamics.json").read_text())[f"psnr_h4/k{k}_shuffled_actions"])
         assert f"psnr_h{h}/k{k}/{arm}" in saved
     assert 0 < saved["labeled_episodes"] < saved["train_episodes"] and saved == json.loads(json.dumps(out))
+    # every arm also scored on every held-out clip (cached beside its checkpoint), with paired differences
+    assert saved["heldout/clips"] >= cfg.action_free.eval_clips and saved["heldout/episodes"] >= 1
+    for fig in ("gap", f"psnr_h{h}"):
+        assert saved[f"heldout/{fig}/labeled_plus_video_minus_labeled_only"] == pytest.approx(
+            saved[f"heldout/{fig}/labeled_plus_video"] - saved[f"heldout/{fig}/labeled_only"])
+    if saved["heldout/clips"] == saved["eval_clips"]:  # the same clips and noise: the training run's figures
+        assert saved["heldout/gap/full"] == pytest.approx(saved["gap/full"], abs=1e-4)
+    assert all((base / "action_free" / arm / "heldout_errors.npz").exists() for arm in ("full", "labeled_only"))
     # matched steps: the video arm sees as many labelled batches as the others see steps
     steps, share = cfg.action_free.steps, cfg.dynamics.video_share
     assert saved["steps/full"] == saved["steps/labeled_only"] == steps
@@ -238,3 +246,37 @@ def test_gpu_inputs_hold_the_held_out_shards_and_a_loadable_tokenizer(latents_cf
     assert "optimizer" not in torch.load(out / "tokenizer" / "checkpoint.pt", weights_only=False)
     load_tokenizer(out / "tokenizer")
     assert mod.main(["--shards", str(tmp_path / "none"), "--out", str(out)]) == 1
+
+
+def test_heldout_comparison_pairs_arms_and_resamples_episodes():
+    """compare_heldout on made-up per-clip errors: the figures are the pooled PSNRs computed by
+    hand, a difference between two arms is paired (an arm compared with its own copy gives
+    exactly 0 with a zero-width interval), and the interval widens with the spread between
+    episodes, not between the clips of one episode."""
+    import numpy as np
+
+    from wm.stages.train_dynamics import compare_heldout
+
+    episodes = np.repeat(np.arange(6), 4)  # 6 episodes of 4 clips
+    horizon = 8
+    base = np.full((24, horizon), 1e-3)
+    noisy = base * np.repeat(np.linspace(0.5, 1.5, 6), 4)[:, None]  # episodes differ, clips within one do not
+    errors = {
+        "full": {"true": base, "shuffled": base * 2},  # shuffled actions double the error: gap 10 log10 2
+        "labeled_plus_video": {"true": noisy, "shuffled": noisy * 2},
+        "labeled_only": {"true": base, "shuffled": base * 2},
+    }
+    out = compare_heldout(errors, episodes, boot=400)
+    assert out["clips"] == 24 and out["episodes"] == 6
+    assert out["gap/full"] == pytest.approx(10 * np.log10(2)) and out["psnr_h8/full"] == pytest.approx(30.0)
+    assert out["psnr_h8/labeled_plus_video"] == pytest.approx(-10 * np.log10(noisy.mean()))
+    assert out["gap/full_minus_labeled_only"] == 0 and out["gap/full_minus_labeled_only_ci95"] == [0, 0]
+    assert out["psnr_h8/full_minus_labeled_only_ci95"] == [0, 0]
+    lo, hi = out["psnr_h8/labeled_plus_video_minus_labeled_only_ci95"]
+    assert lo < out["psnr_h8/labeled_plus_video_minus_labeled_only"] < hi and hi - lo > 0.5
+    # the gap is a ratio of errors within each clip: scaling whole episodes leaves it unchanged
+    assert out["gap/labeled_plus_video_minus_full"] == pytest.approx(0, abs=1e-9)
+    assert out["gap/labeled_plus_video_minus_full_ci95"] == pytest.approx([0, 0], abs=1e-9)
+    # one held-out episode: the figures, but no interval
+    single = compare_heldout(errors, np.zeros(24, dtype=int), boot=10)
+    assert single["gap/full"] == out["gap/full"] and single["gap/full_ci95"] is None

@@ -258,6 +258,8 @@ class ActionFreeConfig:
     arm: str = ""              # train this arm only (several processes in parallel); '' = every arm
     video_steps: str = "matched"  # labelled+video arm: 'matched' = steps / (1 - dynamics.video_share), so it
                                   # gets as many labelled batches as the other arms get steps; 'same' = steps
+    heldout: bool = True       # also score every arm on every held-out clip, with episode-bootstrap intervals
+                               # on the paired arm differences (summary keys heldout/...)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
-"""Statistics of episode returns shared by the stages that score policies."""
+"""Statistics shared by the stages: intervals of episode returns (the stages that score policies)
+and a cluster bootstrap for figures pooled over clips that come in episodes."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -16,3 +17,20 @@ def ci95(values: Sequence[float]) -> float:
     from scipy import stats
 
     return float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
+
+
+def cluster_bootstrap(statistic: Callable[[np.ndarray], np.ndarray], clusters: Sequence[int], n: int = 2000,
+                      seed: int = 0) -> np.ndarray:
+    """Percentile 95 % intervals, shape (2, *statistic's shape), of ``statistic(rows)`` when whole
+    clusters are resampled with replacement: ``clusters[i]`` names row i's cluster (an episode,
+    whose clips are not independent of each other), ``rows`` is the resample's row indices. The
+    same resamples for every entry of the statistic, so the differences it returns are paired."""
+    clusters = np.asarray(clusters)
+    names = np.unique(clusters)
+    if len(names) < 2:
+        raise ValueError(f"a cluster bootstrap needs at least 2 clusters, got {len(names)}")
+    members = [np.flatnonzero(clusters == c) for c in names]
+    rng = np.random.default_rng(seed)
+    draws = np.stack([np.asarray(statistic(np.concatenate([members[i] for i in rng.integers(0, len(names), len(names))])))
+                      for _ in range(n)])
+    return np.percentile(draws, [2.5, 97.5], axis=0)

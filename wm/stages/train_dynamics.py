@@ -33,6 +33,7 @@ from wm.models.tokenizer import Tokenizer
 from wm.models.transformer import Block
 from wm.objectives.shortcut import ShortcutLoss
 from wm.plots import line_plot, save_gif
+from wm.stats import cluster_bootstrap
 from wm.timing import synced_clock
 from wm.training.trainer import Trainer
 from wm.world_model import load_tokenizer, rollout
@@ -408,6 +409,8 @@ def run_action_free(cfg: Config) -> dict[str, Any]:
         return out
     out[f"psnr_h{h}/repeat_last"] = metrics[f"psnr_h{h}/repeat_last"]
     out["gap_ratio/labeled_plus_video"] = out["gap/labeled_plus_video"] / out["gap/full"] if out["gap/full"] else None
+    if af.heldout:
+        out.update({f"heldout/{key}": v for key, v in heldout_comparison(root, base, names).items()})
     out["wall_s"] = round(sum(walls.values()), 1)  # each arm's training + evaluation, however they were run
     write_json_atomic(root / SUMMARY_NAME, out)
     action_free_plot(root, out, k, root / FIGURE_NAME)
@@ -418,6 +421,116 @@ def run_action_free(cfg: Config) -> dict[str, Any]:
         print(f"action-free: summary in {root / SUMMARY_NAME}, figure {root / FIGURE_NAME} "
               f"({ACTION_FREE_METRICS} is the summary of the run in {ActionFreeConfig.out_dir} only)")
     return out
+
+
+HELDOUT_ERRORS = "heldout_errors.npz"  # each arm's per-clip errors on every held-out clip (a cache)
+HELDOUT_PAIRS = (("labeled_plus_video", "labeled_only"), ("full", "labeled_only"), ("labeled_plus_video", "full"))
+
+
+def heldout_clips(cfg: Config) -> dict[str, Any]:
+    """Every whole held-out clip (context + horizon frames) of the val split, in the shards'
+    order, with the episode each one comes from (``episodes``: clips of one episode are not
+    independent, so intervals resample episodes)."""
+    dyn = cfg.dynamics
+    loader = make_clip_loader(cfg.shard.out_dir, "val", dyn.context + dyn.horizon, 1, shuffle=False)
+    items = list(loader)
+    keys = [b["key"][0] for b in items]
+    if len(set(keys)) != len(keys):
+        raise RuntimeError(f"the held-out loader repeated clips ({len(keys)} drawn, {len(set(keys))} distinct)")
+    return {"frames": torch.cat([b["frames"] for b in items]), "actions": torch.cat([b["actions"] for b in items]),
+            "episodes": np.array([int(k.split("_")[0].removeprefix("ep")) for k in keys])}
+
+
+@torch.no_grad()
+def clip_errors(model: Dynamics, tok: Tokenizer, clips: dict[str, Any], cfg: Config,
+                batch: int = 32) -> dict[str, np.ndarray]:
+    """Each clip's pixel mean squared error per predicted frame, (clips, horizon), at K =
+    ``sample_steps`` with its own future actions (``true``) and with the previous clip's
+    (``shuffled``: the whole set rolled by one, as evaluate_dynamics rolls its batch); the
+    noise depends on the batch only, so every model and both variants get the same."""
+    dyn = cfg.dynamics
+    c, k = dyn.context, dyn.sample_steps
+    prev = shift_actions(clips["actions"])
+    variants = {"true": prev[:, c:], "shuffled": prev[:, c:].roll(1, dims=0)}
+    out: dict[str, list[np.ndarray]] = {name: [] for name in variants}
+    gen = torch.Generator().manual_seed(0)
+    for i in range(0, prev.shape[0], batch):
+        frames = clips["frames"][i : i + batch].float() / 255.0
+        z = tok.encode(frames)
+        for name, future in variants.items():
+            gen.manual_seed(i)
+            zs = rollout(model, z[:, :c], prev[i : i + batch, :c], future[i : i + batch], k, dyn.ctx_noise, generator=gen)
+            pix = tok.decode(torch.cat([z[:, :c], zs], dim=1))[:, c:].clamp(0, 1)
+            out[name].append((pix - frames[:, c:]).pow(2).flatten(2).mean(2).double().numpy())
+    return {name: np.concatenate(v) for name, v in out.items()}
+
+
+def _pooled_psnr(mse: np.ndarray) -> np.ndarray:
+    """(clips, steps) -> PSNR per step of the mean error over the clips (as _psnr_by_step)."""
+    return -10 * np.log10(np.maximum(mse.mean(0), 1e-10))
+
+
+def compare_heldout(errors: dict[str, dict[str, np.ndarray]], episodes: np.ndarray, boot: int = 2000) -> dict[str, Any]:
+    """The arms' action effect (``gap``: psnr_h4 with true minus shuffled actions) and open-loop
+    PSNR over the whole horizon on the same clips, and the paired differences of HELDOUT_PAIRS
+    with 95 % intervals from resampling whole episodes (the same resamples for every arm)."""
+    arms = list(errors)
+    horizon = errors[arms[0]]["true"].shape[1]
+
+    def figures(rows: np.ndarray) -> np.ndarray:
+        vals = []
+        for a in arms:
+            true, shuf = _pooled_psnr(errors[a]["true"][rows]), _pooled_psnr(errors[a]["shuffled"][rows])
+            vals += [true[:4].mean() - shuf[:4].mean(), true.mean()]
+        return np.array(vals)
+
+    def with_pairs(v: np.ndarray) -> np.ndarray:
+        at = {a: i for i, a in enumerate(arms)}
+        diffs = [v[..., 2 * at[a] + f] - v[..., 2 * at[b] + f] for a, b in HELDOUT_PAIRS if a in at and b in at
+                 for f in (0, 1)]
+        return np.concatenate([v, np.stack(diffs, axis=-1)], axis=-1)
+
+    point = with_pairs(figures(np.arange(len(episodes))))
+    several = len(np.unique(episodes)) > 1  # one held-out episode (a debug run): no interval
+    ci = cluster_bootstrap(lambda rows: with_pairs(figures(rows)), episodes, n=boot) if several else None
+    names = [f"{fig}/{a}" for a in arms for fig in ("gap", f"psnr_h{horizon}")]
+    names += [f"{fig}/{a}_minus_{b}" for a, b in HELDOUT_PAIRS if a in arms and b in arms
+              for fig in ("gap", f"psnr_h{horizon}")]
+    out: dict[str, Any] = {"clips": int(len(episodes)), "episodes": int(len(np.unique(episodes)))}
+    for i, name in enumerate(names):
+        out[name] = float(point[i])
+        out[f"{name}_ci95"] = [float(ci[0, i]), float(ci[1, i])] if ci is not None else None
+    return out
+
+
+def heldout_comparison(root: Path, cfg: Config, arms: list[str]) -> dict[str, Any]:
+    """Every finished arm scored on every held-out clip (not only the ``eval_clips`` its training
+    run reports), each arm's errors cached beside its checkpoint, then ``compare_heldout``."""
+    import io
+
+    from wm.data.shards import sha256_file
+    from wm.training.trainer import CHECKPOINT
+    from wm.world_model import load_dynamics
+
+    tok, _ = load_tokenizer(cfg.tokenizer.out_dir)
+    clips = heldout_clips(cfg)
+    errors = {}
+    for name in arms:
+        ckpt = root / name / "checkpoint" / CHECKPOINT
+        cache = root / name / HELDOUT_ERRORS
+        digest = sha256_file(ckpt)
+        if cache.exists():
+            saved = np.load(cache)
+            if str(saved["checkpoint_sha256"]) == digest and saved["true"].shape[0] == len(clips["episodes"]):
+                errors[name] = {"true": saved["true"], "shuffled": saved["shuffled"]}
+                continue
+        model, _ = load_dynamics(root / name / "checkpoint", len(cfg.env.action_map))
+        print(f"action-free: scoring arm {name} on {len(clips['episodes'])} held-out clips")
+        errors[name] = clip_errors(model.eval(), tok, clips, cfg)
+        buf = io.BytesIO()
+        np.savez(buf, checkpoint_sha256=digest, **errors[name])
+        write_bytes_atomic(cache, buf.getvalue())
+    return compare_heldout(errors, clips["episodes"])
 
 
 def action_free_plot(root: Path, summary: dict[str, Any], k: int, path: Path) -> None:
