@@ -6,7 +6,9 @@ Each input is one `wm action-free` summary (OUT_DIR/action_free.json of one seed
 labelled share). Per labelled share: every arm's figures as mean, sd and per-seed values; the
 paired differences labelled+video minus labelled-only (same seed); and the issue's three checks
 on the means: gap/labeled_plus_video >= 0.7 x gap/full, gap/labeled_plus_video >
-gap/labeled_only, psnr_h<H>/k<K>/labeled_plus_video > psnr_h<H>/k<K>/labeled_only.
+gap/labeled_only, psnr_h<H>/k<K>/labeled_plus_video > psnr_h<H>/k<K>/labeled_only. Where the
+summaries hold them (``heldout/...``: every arm on every held-out clip), each seed's paired arm
+differences with their 95 % intervals over held-out episodes, and their mean over the seeds.
 """
 
 from __future__ import annotations
@@ -42,6 +44,15 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         for fig in ("gap", h16):
             out[f"{fig}/video_minus_only"] = _stats(
                 [float(r[f"{fig}/labeled_plus_video"]) - float(r[f"{fig}/labeled_only"]) for r in group])
+        # all held-out clips (summaries since session 21): each seed's paired differences with
+        # their episode-bootstrap intervals, and the mean over the seeds that have them
+        held = [r for r in group if "heldout/clips" in r]
+        if held:
+            out["heldout"] = {"seeds": [r.get("seed") for r in held], "clips": held[0]["heldout/clips"]}
+            for key in sorted(k.removeprefix("heldout/") for k in held[0]
+                              if k.startswith("heldout/") and "_minus_" in k and not k.endswith("_ci95")):
+                out["heldout"][key] = {**_stats([float(r[f"heldout/{key}"]) for r in held]),
+                                       "ci95": [r[f"heldout/{key}_ci95"] for r in held]}
         m = {k: out[k]["mean"] for k in keys}
         out["checks"] = {
             "gap_video >= 0.7 gap_full": m["gap/labeled_plus_video"] >= 0.7 * m["gap/full"],
@@ -73,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{k} {v['mean']:.2f}" + (f" +- {v['sd']:.2f}" if v["sd"] is not None else "")
             for k, v in share.items() if isinstance(v, dict) and "mean" in v))
         print(f"  checks: {share['checks']}")
+        for key, v in share.get("heldout", {}).items():
+            if isinstance(v, dict):
+                print(f"  all {share['heldout']['clips']} held-out clips, {key}: mean {v['mean']:+.2f}, per seed "
+                      + ", ".join(f"{x:+.2f} {ci}" for x, ci in zip(v["values"], v["ci95"])))
     return 0
 
 

@@ -218,6 +218,17 @@ def test_seed_summary_means_and_checks(tmp_path):
     assert share["gap/full"]["mean"] == pytest.approx(3.1) and share["gap/full"]["sd"] == pytest.approx(0.1414, abs=1e-4)
     assert share["gap/video_minus_only"]["values"] == pytest.approx([0.5, -0.3])
     assert share["psnr_h16/k4/video_minus_only"]["mean"] == pytest.approx(0.05)
+    assert "heldout" not in share  # summaries from before the held-out comparison
+    for i, (d, ci) in enumerate([(0.4, [0.1, 0.7]), (-0.2, [-0.6, 0.2])]):
+        r = json.loads(paths[i].read_text())
+        r.update({"heldout/clips": 204, "heldout/gap/labeled_plus_video_minus_labeled_only": d,
+                  "heldout/gap/labeled_plus_video_minus_labeled_only_ci95": ci, "heldout/gap/full": 3.0})
+        paths[i].write_text(json.dumps(r))
+    assert mod.main([str(p) for p in paths] + ["--out", str(out)]) == 0
+    held = json.loads(out.read_text())["labeled_frac"]["0.1"]["heldout"]
+    assert held["clips"] == 204 and list(held) == ["seeds", "clips", "gap/labeled_plus_video_minus_labeled_only"]
+    assert held["gap/labeled_plus_video_minus_labeled_only"]["mean"] == pytest.approx(0.1)
+    assert held["gap/labeled_plus_video_minus_labeled_only"]["ci95"] == [[0.1, 0.7], [-0.6, 0.2]]
     checks = share["checks"]
     assert checks["gap_video >= 0.7 gap_full"] is True  # 2.3 >= 2.17
     assert checks["gap_video > gap_only"] is True  # 2.3 > 2.2
