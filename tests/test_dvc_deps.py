@@ -1,6 +1,7 @@
-"""dvc.yaml's code deps follow the imports: every module of ``wm`` that a stage's command
-imports (transitively, function-level imports included) is one of that stage's deps, so an
-edit to it makes ``dvc status`` report the stage as changed.
+"""The DVC files' code deps (dvc.yaml and experiments/*/dvc.yaml) follow the imports: every
+module of ``wm`` that a stage's command imports (transitively, function-level imports
+included) is one of that stage's deps, so an edit to it makes ``dvc status`` report the stage
+as changed.
 
 After changing imports, regenerate the code deps of every stage (data deps are kept):
 ``python tests/test_dvc_deps.py --write``.
@@ -14,6 +15,13 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+DVC_FILES = (ROOT / "dvc.yaml", *sorted((ROOT / "experiments").glob("*/dvc.yaml")))
+OWNER = {"action-free": "wm.stages.train_dynamics"}  # commands a stage module runs under another name
+
+
+def stage_module(cmd: str) -> str:
+    command = cmd.split()[1]
+    return OWNER.get(command, "wm.stages." + command.replace("-", "_"))
 
 
 def _module_file(name: str) -> Path | None:
@@ -50,21 +58,20 @@ def closure(module: str) -> set[Path]:
 
 
 def test_every_imported_module_is_a_dep():
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     missing = {}
-    for name, stage in stages.items():
-        command = stage["cmd"].split()[1]
-        module = "wm.stages." + command.replace("-", "_")
-        deps = [Path(d) for d in stage.get("deps", [])]
-        need = closure(module)
-        assert Path("wm/stages", command.replace("-", "_") + ".py") in need, name
-        gaps = sorted(str(p) for p in need if not any(p == d or d in p.parents for d in deps))
-        if gaps:
-            missing[name] = gaps
+    for path in DVC_FILES:
+        for name, stage in yaml.safe_load(path.read_text())["stages"].items():
+            module = stage_module(stage["cmd"])
+            deps = [Path(d) for d in stage.get("deps", [])]
+            need = closure(module)
+            assert Path(*module.split(".")).with_suffix(".py") in need, name
+            gaps = sorted(str(p) for p in need if not any(p == d or d in p.parents for d in deps))
+            if gaps:
+                missing[f"{path.relative_to(ROOT)}:{name}"] = gaps
     assert not missing, f"dvc.yaml deps miss imported modules: {missing}"
 
 
-def write_deps(path: Path = ROOT / "dvc.yaml") -> None:
+def write_deps(path: Path) -> None:
     """Rewrite each stage's code deps as its import closure, keeping its data deps after them."""
     text = path.read_text()
     stages = yaml.safe_load(text)["stages"]
@@ -82,10 +89,11 @@ def write_deps(path: Path = ROOT / "dvc.yaml") -> None:
                 if not item.startswith(("wm/", "flows/")):
                     data.append(item)
                 i += 1
-            module = "wm.stages." + stages[stage]["cmd"].split()[1].replace("-", "_")
+            module = stage_module(stages[stage]["cmd"])
             out += [f"      - {p}" for p in sorted(map(str, closure(module))) + data]
     path.write_text("\n".join(out))
 
 
 if __name__ == "__main__" and "--write" in sys.argv:
-    write_deps()
+    for dvc_file in DVC_FILES:
+        write_deps(dvc_file)
