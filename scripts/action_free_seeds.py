@@ -53,6 +53,16 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                               if k.startswith("heldout/") and "_minus_" in k and not k.endswith("_ci95")):
                 out["heldout"][key] = {**_stats([float(r[f"heldout/{key}"]) for r in held]),
                                        "ci95": [r[f"heldout/{key}_ci95"] for r in held]}
+            per_arm = [f"{fig}/{a}" for fig in ("gap", horizon) for a in ARMS]
+            if all(f"heldout/{key}" in held[0] for key in per_arm):
+                hm = {key: statistics.fmean(float(r[f"heldout/{key}"]) for r in held) for key in per_arm}
+                out["heldout"].update({key: _stats([float(r[f"heldout/{key}"]) for r in held]) for key in per_arm})
+                out["heldout"]["checks"] = {
+                    "gap_video >= 0.7 gap_full": hm["gap/labeled_plus_video"] >= 0.7 * hm["gap/full"],
+                    "gap_video > gap_only": hm["gap/labeled_plus_video"] > hm["gap/labeled_only"],
+                    f"{horizon}_video > {horizon}_only":
+                        hm[f"{horizon}/labeled_plus_video"] > hm[f"{horizon}/labeled_only"],
+                }
         m = {k: out[k]["mean"] for k in keys}
         out["checks"] = {
             "gap_video >= 0.7 gap_full": m["gap/labeled_plus_video"] >= 0.7 * m["gap/full"],
@@ -84,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{k} {v['mean']:.2f}" + (f" +- {v['sd']:.2f}" if v["sd"] is not None else "")
             for k, v in share.items() if isinstance(v, dict) and "mean" in v))
         print(f"  checks: {share['checks']}")
+        if "checks" in share.get("heldout", {}):
+            print(f"  checks on all held-out clips: {share['heldout']['checks']}")
         for key, v in share.get("heldout", {}).items():
-            if isinstance(v, dict):
+            if isinstance(v, dict) and "ci95" in v:
                 print(f"  all {share['heldout']['clips']} held-out clips, {key}: mean {v['mean']:+.2f}, per seed "
                       + ", ".join(f"{x:+.2f} {ci}" for x, ci in zip(v["values"], v["ci95"])))
     return 0

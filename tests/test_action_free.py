@@ -229,6 +229,16 @@ def test_seed_summary_means_and_checks(tmp_path):
     assert held["clips"] == 204 and list(held) == ["seeds", "clips", "gap/labeled_plus_video_minus_labeled_only"]
     assert held["gap/labeled_plus_video_minus_labeled_only"]["mean"] == pytest.approx(0.1)
     assert held["gap/labeled_plus_video_minus_labeled_only"]["ci95"] == [[0.1, 0.7], [-0.6, 0.2]]
+    assert "checks" not in held  # the per-arm held-out figures are not all there
+    for i, r in enumerate(json.loads(p.read_text()) for p in paths):
+        r.update({f"heldout/{fig}/{arm}": v + i for fig, vals in (("gap", (3.0, 2.4, 2.2)), ("psnr_h16", (25.0, 24.8, 24.9)))
+                  for arm, v in zip(("full", "labeled_plus_video", "labeled_only"), vals)})
+        paths[i].write_text(json.dumps(r))
+    assert mod.main([str(p) for p in paths] + ["--out", str(out)]) == 0
+    held = json.loads(out.read_text())["labeled_frac"]["0.1"]["heldout"]
+    assert held["gap/full"]["mean"] == pytest.approx(3.5)
+    assert held["checks"] == {"gap_video >= 0.7 gap_full": True, "gap_video > gap_only": True,
+                              "psnr_h16_video > psnr_h16_only": False}
     checks = share["checks"]
     assert checks["gap_video >= 0.7 gap_full"] is True  # 2.3 >= 2.17
     assert checks["gap_video > gap_only"] is True  # 2.3 > 2.2
