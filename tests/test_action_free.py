@@ -111,6 +111,7 @@ def test_action_free_experiment_end_to_end(latents_cfg):
     if saved["heldout/clips"] == saved["eval_clips"]:  # the same clips and noise: the training run's figures
         assert saved["heldout/gap/full"] == pytest.approx(saved["gap/full"], abs=1e-4)
     assert all((base / "action_free" / arm / "heldout_errors.npz").exists() for arm in ("full", "labeled_only"))
+    assert Image.open(base / "action_free" / "action_free_heldout.png").size[0] == 640
     # matched steps: the video arm sees as many labelled batches as the others see steps
     steps, share = cfg.action_free.steps, cfg.dynamics.video_share
     assert saved["steps/full"] == saved["steps/labeled_only"] == steps
@@ -142,6 +143,8 @@ def test_action_free_experiment_end_to_end(latents_cfg):
         arm: (base / "data/action_free" / arm / "checkpoint" / CHECKPOINT).stat().st_mtime_ns for arm in ckpts}
     assert json.loads((base / "data/metrics/action_free.json").read_text()) == saved
     assert (base / "data/eval/action_free.png").read_bytes() == (base / "data/action_free/action_free.png").read_bytes()
+    assert (base / "data/eval/action_free_heldout.png").read_bytes() == (
+        base / "data/action_free/action_free_heldout.png").read_bytes()
 
 
 def test_action_free_clips_never_reach_action_or_reward_losses(debug_cfg):

@@ -58,3 +58,26 @@ def test_save_gif_keeps_every_frame_and_replaces_the_old_file(tmp_path):
     gif.seek(3)
     assert gif.convert("RGB").getpixel((0, 0)) == (120, 0, 0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.gif"]  # no temporary file left
+
+
+def test_interval_plot_puts_dots_and_bars_at_their_values(tmp_path):
+    from wm.plots import interval_plot
+
+    path = tmp_path / "diffs.png"
+    rows = [("a minus b", 0.5, (0.2, 0.8), 0), ("c minus d", -0.3, (-0.9, 0.1), 1), ("no interval", 0.1, None, 2)]
+    interval_plot(rows, path, "paired differences", "dB", width=640, row_height=28)
+    img = Image.open(path).convert("RGB")
+    assert img.size == (640, 32 + 44 + 3 * 28)
+    left, pw = 250, 640 - 250 - 24
+    lo, hi = -0.9 - 0.08 * 1.7, 0.8 + 0.08 * 1.7
+
+    def px(v):
+        return round(left + pw * (v - lo) / (hi - lo))
+
+    y0, y1, y2 = 32 + 14, 32 + 28 + 14, 32 + 56 + 14
+    assert img.getpixel((px(0.5), y0)) == PALETTE[0] and img.getpixel((px(0.3), y0)) == PALETTE[0]  # on the bar
+    assert img.getpixel((px(0.1), y0)) == (255, 255, 255)  # outside a's interval
+    assert img.getpixel((px(-0.6), y1)) == PALETTE[1]
+    assert img.getpixel((px(0.1), y2)) == PALETTE[2] and img.getpixel((px(0.3), y2)) == (255, 255, 255)
+    with pytest.raises(ValueError, match="at least one row"):
+        interval_plot([], path, "t", "x")

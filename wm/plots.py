@@ -116,3 +116,44 @@ def line_plot(series: Sequence[tuple[str, Sequence[float], int, bool]], path: Pa
     draw.text((left + pw // 2 - 3 * len(xlabel), height - 18), xlabel, fill="black")
     draw.text((4, 8), ylabel, fill="black")
     save_png(img, path)
+
+
+def interval_plot(rows: Sequence[tuple[str, float, tuple[float, float] | None, int]], path: Path, title: str,
+                  xlabel: str, width: int = 640, row_height: int = 28) -> None:
+    """One row per estimate: (label, value, (low, high) interval or None, colour index into
+    ``PALETTE``), drawn as a dot on its interval's bar against a vertical line at zero, which
+    the axis always includes -- an interval that crosses the line is no evidence either way."""
+    if not rows:
+        raise ValueError("interval_plot needs at least one row")
+    left, right, top, bottom = 250, 24, 32, 44
+    height = top + bottom + row_height * len(rows)
+    ends = [0.0] + [v for _, x, ci, _ in rows for v in ((x, *ci) if ci else (x,)) if math.isfinite(v)]
+    lo, hi = min(ends), max(ends)
+    span = (hi - lo) or 1.0
+    lo, hi = lo - 0.08 * span, hi + 0.08 * span
+    pw = width - left - right
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+
+    def px(v: float) -> float:
+        return left + pw * (v - lo) / (hi - lo)
+
+    ph = row_height * len(rows)
+    draw.rectangle([left, top, left + pw, top + ph], outline="black")
+    step = 10 ** math.floor(math.log10((hi - lo) / 2))
+    step *= 5 if (hi - lo) / step > 20 else 2 if (hi - lo) / step > 8 else 1
+    digits = max(0, -math.floor(math.log10(step)))
+    for k in range(math.ceil(lo / step), math.floor(hi / step) + 1):
+        draw.line([px(k * step), top + ph, px(k * step), top + ph + 4], fill="black")
+        draw.text((px(k * step) - 10, top + ph + 6), f"{k * step:+.{digits}f}" if k else "0", fill="black")
+    draw.line([px(0), top, px(0), top + ph], fill=(150, 150, 150), width=1)
+    for j, (label, x, ci, colour) in enumerate(rows):
+        y = top + row_height * j + row_height // 2
+        c = PALETTE[colour % len(PALETTE)]
+        if ci:
+            draw.line([px(ci[0]), y, px(ci[1]), y], fill=c, width=3)
+        draw.ellipse([px(x) - 4, y - 4, px(x) + 4, y + 4], fill=c)
+        draw.text((8, y - 6), label, fill="black")
+    draw.text((left, 8), title, fill="black")
+    draw.text((left + pw // 2 - 3 * len(xlabel), height - 18), xlabel, fill="black")
+    save_png(img, path)

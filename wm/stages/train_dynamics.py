@@ -267,6 +267,8 @@ ACTION_FREE_METRICS = Path("data/metrics/action_free.json")  # the summary of th
 SUMMARY_NAME = "action_free.json"  # every run's summary, in its out_dir
 FIGURE_NAME = "action_free.png"  # and its figure
 ACTION_FREE_PLOT = Path("data/eval/action_free.png")  # the default run's figure
+HELDOUT_FIGURE = "action_free_heldout.png"  # the paired differences on every held-out clip, in each out_dir
+ACTION_FREE_HELDOUT_PLOT = Path("data/eval") / HELDOUT_FIGURE  # and the default run's
 
 
 def arm_steps(af: Any, dyn: Any, name: str) -> int:
@@ -411,12 +413,15 @@ def run_action_free(cfg: Config) -> dict[str, Any]:
     out["gap_ratio/labeled_plus_video"] = out["gap/labeled_plus_video"] / out["gap/full"] if out["gap/full"] else None
     if af.heldout:
         out.update({f"heldout/{key}": v for key, v in heldout_comparison(root, base, names).items()})
+        heldout_plot(out, root / HELDOUT_FIGURE)
     out["wall_s"] = round(sum(walls.values()), 1)  # each arm's training + evaluation, however they were run
     write_json_atomic(root / SUMMARY_NAME, out)
     action_free_plot(root, out, k, root / FIGURE_NAME)
     if root == Path(ActionFreeConfig.out_dir).resolve():  # the DVC stage's run: its tracked metric
         write_json_atomic(ACTION_FREE_METRICS, out)
         write_bytes_atomic(ACTION_FREE_PLOT, (root / FIGURE_NAME).read_bytes())
+        if af.heldout:
+            write_bytes_atomic(ACTION_FREE_HELDOUT_PLOT, (root / HELDOUT_FIGURE).read_bytes())
     else:
         print(f"action-free: summary in {root / SUMMARY_NAME}, figure {root / FIGURE_NAME} "
               f"({ACTION_FREE_METRICS} is the summary of the run in {ActionFreeConfig.out_dir} only)")
@@ -531,6 +536,25 @@ def heldout_comparison(root: Path, cfg: Config, arms: list[str]) -> dict[str, An
         np.savez(buf, checkpoint_sha256=digest, **errors[name])
         write_bytes_atomic(cache, buf.getvalue())
     return compare_heldout(errors, clips["episodes"])
+
+
+def heldout_plot(summary: dict[str, Any], path: Path) -> None:
+    """The summary's paired arm differences on every held-out clip, each with its 95 % interval
+    over held-out episodes (``heldout/...``): action effect and open-loop PSNR."""
+    from wm.plots import interval_plot
+
+    short = {"full": "full", "labeled_plus_video": "video", "labeled_only": "labelled-only"}
+    h16 = next(k.removeprefix("heldout/").split("/")[0] for k in summary if k.startswith("heldout/psnr_h"))
+    rows = []
+    for colour, fig in enumerate(("gap", h16)):
+        for a, b in HELDOUT_PAIRS:
+            key = f"heldout/{fig}/{a}_minus_{b}"
+            ci = summary[f"{key}_ci95"]
+            rows.append((f"{fig}: {short[a]} - {short[b]}", summary[key], tuple(ci) if ci else None, colour))
+    share = summary["labeled_frac"]
+    interval_plot(rows, path, f"paired differences, {summary['heldout/clips']} held-out clips "
+                  f"({summary['heldout/episodes']} episodes), labelled share {share:g}, seed {summary['seed']}",
+                  "dB (95 % interval: held-out episodes resampled)")
 
 
 def action_free_plot(root: Path, summary: dict[str, Any], k: int, path: Path) -> None:
