@@ -28,6 +28,15 @@ def _stats(values: list[float]) -> dict[str, Any]:
             "values": values}
 
 
+def _checks(m: dict[str, float], h16: str) -> dict[str, bool]:
+    """The issue's three checks on mean figures ``m`` (``gap/<arm>``, ``<h16>/<arm>``)."""
+    return {
+        "gap_video >= 0.7 gap_full": m["gap/labeled_plus_video"] >= 0.7 * m["gap/full"],
+        "gap_video > gap_only": m["gap/labeled_plus_video"] > m["gap/labeled_only"],
+        f"{h16}_video > {h16}_only": m[f"{h16}/labeled_plus_video"] > m[f"{h16}/labeled_only"],
+    }
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """``runs``: summaries of `wm action-free`; grouped by ``labeled_frac``."""
     shares: dict[str, Any] = {}
@@ -55,20 +64,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                                        "ci95": [r[f"heldout/{key}_ci95"] for r in held]}
             per_arm = [f"{fig}/{a}" for fig in ("gap", horizon) for a in ARMS]
             if all(f"heldout/{key}" in held[0] for key in per_arm):
-                hm = {key: statistics.fmean(float(r[f"heldout/{key}"]) for r in held) for key in per_arm}
                 out["heldout"].update({key: _stats([float(r[f"heldout/{key}"]) for r in held]) for key in per_arm})
-                out["heldout"]["checks"] = {
-                    "gap_video >= 0.7 gap_full": hm["gap/labeled_plus_video"] >= 0.7 * hm["gap/full"],
-                    "gap_video > gap_only": hm["gap/labeled_plus_video"] > hm["gap/labeled_only"],
-                    f"{horizon}_video > {horizon}_only":
-                        hm[f"{horizon}/labeled_plus_video"] > hm[f"{horizon}/labeled_only"],
-                }
-        m = {k: out[k]["mean"] for k in keys}
-        out["checks"] = {
-            "gap_video >= 0.7 gap_full": m["gap/labeled_plus_video"] >= 0.7 * m["gap/full"],
-            "gap_video > gap_only": m["gap/labeled_plus_video"] > m["gap/labeled_only"],
-            f"{h16}_video > {h16}_only": m[f"{h16}/labeled_plus_video"] > m[f"{h16}/labeled_only"],
-        }
+                out["heldout"]["checks"] = _checks({key: out["heldout"][key]["mean"] for key in per_arm}, horizon)
+        out["checks"] = _checks({k: out[k]["mean"] for k in keys}, h16)
         shares[str(frac)] = out
     return {"runs": len(runs), "labeled_frac": shares}
 

@@ -28,6 +28,7 @@ from wm.atomic import write_json_atomic  # noqa: E402
 from wm.config import load  # noqa: E402
 from wm.data.shards import make_clip_loader  # noqa: E402
 from wm.probes import probe_scores, roc_auc  # noqa: E402
+from wm.stats import cluster_resamples  # noqa: E402
 from wm.training.heads import kill_pairs  # noqa: E402
 
 
@@ -70,13 +71,9 @@ def episode_bootstrap(scores: dict[str, np.ndarray], y: np.ndarray, episodes: np
                       ) -> dict[str, list[float]]:
     """AUC of each folder's scores, and the difference of each against the first, over ``boots``
     resamples of whole episodes (kills within an episode are not independent)."""
-    names = sorted(set(episodes))
-    rows = {e: np.flatnonzero(episodes == e) for e in names}
-    rng = np.random.default_rng(seed)
     out: dict[str, list[float]] = {k: [] for k in scores}
     first = next(iter(scores))
-    for _ in range(boots):
-        idx = np.concatenate([rows[names[i]] for i in rng.integers(0, len(names), len(names))])
+    for idx in cluster_resamples(episodes, boots, seed):
         aucs = {k: roc_auc(s[idx], y[idx]) for k, s in scores.items()}
         for k in scores:
             out[k].append(aucs[k] - aucs[first] if k != first else aucs[k])
