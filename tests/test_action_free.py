@@ -105,6 +105,7 @@ def test_action_free_experiment_end_to_end(latents_cfg):
     assert 0 < saved["labeled_episodes"] < saved["train_episodes"] and saved == json.loads(json.dumps(out))
     # every arm also scored on every held-out clip (cached beside its checkpoint), with paired differences
     assert saved["heldout/clips"] >= cfg.action_free.eval_clips and saved["heldout/episodes"] >= 1
+    assert 0 < saved[f"heldout/psnr_h{h}/repeat_last"] < 100
     for fig in ("gap", f"psnr_h{h}"):
         assert saved[f"heldout/{fig}/labeled_plus_video_minus_labeled_only"] == pytest.approx(
             saved[f"heldout/{fig}/labeled_plus_video"] - saved[f"heldout/{fig}/labeled_only"])
@@ -301,6 +302,13 @@ def test_heldout_comparison_pairs_arms_and_resamples_episodes():
     # the gap is a ratio of errors within each clip: scaling whole episodes leaves it unchanged
     assert out["gap/labeled_plus_video_minus_full"] == pytest.approx(0, abs=1e-9)
     assert out["gap/labeled_plus_video_minus_full_ci95"] == pytest.approx([0, 0], abs=1e-9)
+    # the trivial predictor: repeating the last context frame, errors by hand
+    from wm.stages.train_dynamics import repeat_last_errors
+
+    frames = torch.zeros(2, 5, 3, 2, 2, dtype=torch.uint8)
+    frames[0, 3:] = 255  # clip 0: black context, white future -> error 1 on both predicted frames
+    frames[1, 4, 0] = 255  # clip 1: one channel of the last frame turns on -> 1/3 there, 0 before
+    assert repeat_last_errors(frames, 3).tolist() == [[1.0, 1.0], [0.0, pytest.approx(1 / 3)]]
     # one held-out episode: the figures, but no interval
     single = compare_heldout(errors, np.zeros(24, dtype=int), boot=10)
     assert single["gap/full"] == out["gap/full"] and single["gap/full_ci95"] is None

@@ -535,7 +535,17 @@ def heldout_comparison(root: Path, cfg: Config, arms: list[str]) -> dict[str, An
         buf = io.BytesIO()
         np.savez(buf, checkpoint_sha256=digest, **errors[name])
         write_bytes_atomic(cache, buf.getvalue())
-    return compare_heldout(errors, clips["episodes"])
+    out = compare_heldout(errors, clips["episodes"])
+    repeat = repeat_last_errors(clips["frames"], cfg.dynamics.context)  # the trivial predictor, same clips
+    out[f"psnr_h{repeat.shape[1]}/repeat_last"] = float(_pooled_psnr(repeat).mean())
+    return out
+
+
+def repeat_last_errors(frames: torch.Tensor, context: int) -> np.ndarray:
+    """(clips, T, 3, H, W) uint8 -> each clip's mean squared error per predicted frame when the
+    last context frame is repeated, (clips, T - context)."""
+    last = frames[:, context - 1 : context].float() / 255.0
+    return (frames[:, context:].float() / 255.0 - last).pow(2).flatten(2).mean(2).double().numpy()
 
 
 def heldout_plot(summary: dict[str, Any], path: Path) -> None:
