@@ -42,7 +42,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     shares: dict[str, Any] = {}
     for frac in sorted({r["labeled_frac"] for r in runs}):
         group = sorted((r for r in runs if r["labeled_frac"] == frac), key=lambda r: r.get("seed", 0))
-        horizon = next(k.split("/")[0] for k in group[0] if k.endswith("/repeat_last"))  # psnr_h<H>
+        horizon = next(k.split("/")[0] for k in group[0] if k.endswith("/repeat_last") and k.startswith("psnr_h"))  # psnr_h<H>
         h16 = next(k.rsplit("/", 1)[0] for k in group[0] if k.startswith(f"{horizon}/k") and k.endswith("/full")
                    and "shuffled" not in k)
         keys = [f"gap/{a}" for a in ARMS] + [f"{h16}/{a}" for a in ARMS]

@@ -226,8 +226,9 @@ def test_seed_summary_means_and_checks(tmp_path):
     for i, (d, ci) in enumerate([(0.4, [0.1, 0.7]), (-0.2, [-0.6, 0.2])]):
         r = json.loads(paths[i].read_text())
         r.update({"heldout/clips": 204, "heldout/gap/labeled_plus_video_minus_labeled_only": d,
-                  "heldout/gap/labeled_plus_video_minus_labeled_only_ci95": ci, "heldout/gap/full": 3.0})
-        paths[i].write_text(json.dumps(r))
+                  "heldout/gap/labeled_plus_video_minus_labeled_only_ci95": ci, "heldout/gap/full": 3.0,
+                  "heldout/psnr_h16/repeat_last": 22.6})
+        paths[i].write_text(json.dumps(r, sort_keys=True))  # as the summaries are written: heldout/ first
     assert mod.main([str(p) for p in paths] + ["--out", str(out)]) == 0
     held = json.loads(out.read_text())["labeled_frac"]["0.1"]["heldout"]
     assert held["clips"] == 204 and list(held) == ["seeds", "clips", "gap/labeled_plus_video_minus_labeled_only"]
