@@ -5,7 +5,7 @@
 - .gpu/shards: the held-out shards and the first TRAIN_SHARDS training shards of data/shards,
   with a manifest whose train list names only those (evaluation reads frames from the held-out
   clips and a mean training frame; the dynamics trains on data/latents, carried beside it);
-- .gpu/tokenizer: the committed tokenizer's checkpoint without its optimizer state.
+- .gpu/tokenizer: the committed tokenizer's weights, config and step (no optimizer or loss state).
 
 Carry ["data/latents", ".gpu/shards", ".gpu/tokenizer", ".whl"] with scripts/gpu_action_free.sh.
 """
@@ -39,8 +39,9 @@ def build(shards: Path, tokenizer: Path, out: Path, train_shards: int = TRAIN_SH
     tok = out / "tokenizer"
     tok.mkdir(parents=True, exist_ok=True)
     ckpt = torch.load(tokenizer / "checkpoint.pt", map_location="cpu", weights_only=False)
-    ckpt.pop("optimizer", None)
-    torch.save(ckpt, tok / "checkpoint.pt")
+    # weights, config and step: what decoding needs (the optimizer and the loss's running state,
+    # two thirds of the file, only resume training); the weights' fingerprint stays the same
+    torch.save({k: ckpt[k] for k in ("model", "config", "step") if k in ckpt}, tok / "checkpoint.pt")
     for extra in tokenizer.glob("*.yaml"):
         shutil.copy2(extra, tok / extra.name)
     return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())

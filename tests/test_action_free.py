@@ -131,6 +131,15 @@ def test_action_free_experiment_end_to_end(latents_cfg):
     (base / "action_free").rename(base / "data" / "action_free")
     ckpts = {arm: (base / "data/action_free" / arm / "checkpoint" / CHECKPOINT).stat().st_mtime_ns
              for arm in ("full", "labeled_plus_video", "labeled_only")}
+    # held-out errors cached on another kind of device (CUDA draws other noise) are not paired with
+    # this run's: the arm is scored again (the summary below equals the first one only if it is)
+    import numpy as np
+
+    assert saved["heldout/device"] == "cpu"
+    cache = base / "data/action_free/labeled_only/heldout_errors.npz"
+    kept = dict(np.load(cache))
+    assert str(kept["device"]) == "cpu"
+    np.savez(cache, **{**kept, "true": kept["true"] * 2, "device": "cuda"})
     fast = dataclasses.replace(cfg.dynamics, train=dataclasses.replace(cfg.dynamics.train, threads=1, compile=True,
                                                                                ckpt_every=1))
     cwd = os.getcwd()
@@ -143,6 +152,7 @@ def test_action_free_experiment_end_to_end(latents_cfg):
     assert again == out and ckpts == {
         arm: (base / "data/action_free" / arm / "checkpoint" / CHECKPOINT).stat().st_mtime_ns for arm in ckpts}
     assert json.loads((base / "data/metrics/action_free.json").read_text()) == saved
+    assert str(np.load(cache)["device"]) == "cpu"
     assert (base / "data/eval/action_free.png").read_bytes() == (base / "data/action_free/action_free.png").read_bytes()
     assert (base / "data/eval/action_free_heldout.png").read_bytes() == (
         base / "data/action_free/action_free_heldout.png").read_bytes()
@@ -253,7 +263,8 @@ def test_seed_summary_means_and_checks(tmp_path):
 
 def test_gpu_inputs_hold_the_held_out_shards_and_a_loadable_tokenizer(latents_cfg, tmp_path):
     """scripts/gpu_inputs.py: the held-out shards whole, the training list cut to the shards
-    copied (the manifest still verifies), and the tokenizer without its optimizer state."""
+    copied (the manifest still verifies), and the tokenizer without its optimizer state but with
+    the same weights fingerprint (so the DVC stage reuses arms trained on those inputs on a GPU)."""
     import importlib.util
     from pathlib import Path
 
@@ -269,8 +280,18 @@ def test_gpu_inputs_hold_the_held_out_shards_and_a_loadable_tokenizer(latents_cf
                      "--train-shards", "1"]) == 0
     assert len(shard_paths(out / "shards", "train")) == 1  # sha256 checked against the cut manifest
     assert len(shard_paths(out / "shards", "val")) == len(shard_paths(cfg.shard.out_dir, "val"))
-    assert "optimizer" not in torch.load(out / "tokenizer" / "checkpoint.pt", weights_only=False)
+    from wm.data.shards import sha256_file
+    from wm.training.checkpoint import weights_sha256
+
+    copy, orig = out / "tokenizer" / "checkpoint.pt", Path(cfg.tokenizer.out_dir) / "checkpoint.pt"
+    assert sorted(torch.load(copy, weights_only=False)) == ["config", "model", "step"]
+    assert sha256_file(copy) != sha256_file(orig) and weights_sha256(copy) == weights_sha256(orig)
     load_tokenizer(out / "tokenizer")
+    state = torch.load(copy, weights_only=False)
+    name = sorted(state["model"])[0]
+    state["model"][name] = state["model"][name] + 1e-3  # another tokenizer: another fingerprint
+    torch.save(state, copy)
+    assert weights_sha256(copy) != weights_sha256(orig)
     assert mod.main(["--shards", str(tmp_path / "none"), "--out", str(out)]) == 1
 
 

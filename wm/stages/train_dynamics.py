@@ -289,13 +289,16 @@ RUNTIME_KEYS = ("threads", "compile", "precision", "wandb", "log_every", "ckpt_e
 
 
 def data_fingerprints(cfg: Config) -> dict[str, str]:
-    """sha256 of the latents manifest the arms train on and of the tokenizer checkpoint that
-    decodes their evaluation: the same for every arm of a run, so hashed once."""
+    """sha256 of the latents manifest the arms train on and of the weights of the tokenizer that
+    decodes their evaluation (its weights, not its file: a copy without the optimizer state, as
+    scripts/gpu_inputs.py carries to a GPU, is the same tokenizer): the same for every arm of a
+    run, so hashed once."""
     from wm.data.shards import MANIFEST, sha256_file
+    from wm.training.checkpoint import weights_sha256
     from wm.training.trainer import CHECKPOINT
 
     return {"latents_manifest": sha256_file(Path(cfg.latents.out_dir) / MANIFEST),
-            "tokenizer": sha256_file(Path(cfg.tokenizer.out_dir) / CHECKPOINT)}
+            "tokenizer_weights": weights_sha256(Path(cfg.tokenizer.out_dir) / CHECKPOINT)}
 
 
 def arm_identity(arm: Config, data: dict[str, str]) -> dict[str, Any]:
@@ -452,21 +455,23 @@ def clip_errors(model: Dynamics, tok: Tokenizer, clips: dict[str, Any], cfg: Con
     """Each clip's pixel mean squared error per predicted frame, (clips, horizon), at K =
     ``sample_steps`` with its own future actions (``true``) and with the previous clip's
     (``shuffled``: the whole set rolled by one, as evaluate_dynamics rolls its batch); the
-    noise depends on the batch only, so every model and both variants get the same."""
+    noise depends on the batch only, so every model and both variants get the same. Runs on the
+    models' device; CPU and CUDA draw different noise, so errors from the two are not paired."""
     dyn = cfg.dynamics
     c, k = dyn.context, dyn.sample_steps
-    prev = shift_actions(clips["actions"])
+    device = next(model.parameters()).device  # the models' device (tokenizer and dynamics on one)
+    prev = shift_actions(clips["actions"]).to(device)
     variants = {"true": prev[:, c:], "shuffled": prev[:, c:].roll(1, dims=0)}
     out: dict[str, list[np.ndarray]] = {name: [] for name in variants}
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(0)
     for i in range(0, prev.shape[0], batch):
-        frames = clips["frames"][i : i + batch].float() / 255.0
+        frames = clips["frames"][i : i + batch].to(device).float() / 255.0
         z = tok.encode(frames)
         for name, future in variants.items():
             gen.manual_seed(i)
             zs = rollout(model, z[:, :c], prev[i : i + batch, :c], future[i : i + batch], k, dyn.ctx_noise, generator=gen)
             pix = tok.decode(torch.cat([z[:, :c], zs], dim=1))[:, c:].clamp(0, 1)
-            out[name].append((pix - frames[:, c:]).pow(2).flatten(2).mean(2).double().numpy())
+            out[name].append((pix - frames[:, c:]).pow(2).flatten(2).mean(2).double().cpu().numpy())
     return {name: np.concatenate(v) for name, v in out.items()}
 
 
@@ -514,28 +519,36 @@ def heldout_comparison(root: Path, cfg: Config, arms: list[str]) -> dict[str, An
     import io
 
     from wm.data.shards import sha256_file
+    from wm.training.distributed import compute_device
     from wm.training.trainer import CHECKPOINT
     from wm.world_model import load_dynamics
 
-    tok, _ = load_tokenizer(cfg.tokenizer.out_dir)
+    device = compute_device()  # a GPU when there is one: seconds per arm instead of minutes
     clips = heldout_clips(cfg)
-    errors = {}
+    errors, tok = {}, None
     for name in arms:
         ckpt = root / name / "checkpoint" / CHECKPOINT
         cache = root / name / HELDOUT_ERRORS
         digest = sha256_file(ckpt)
         if cache.exists():
             saved = np.load(cache)
-            if str(saved["checkpoint_sha256"]) == digest and saved["true"].shape[0] == len(clips["episodes"]):
+            # the noise differs between CPU and CUDA: errors scored on another kind of device are
+            # not paired with this run's, so they are scored again
+            scored_on = str(saved["device"]) if "device" in saved else "cpu"  # older caches: the CPU
+            if (str(saved["checkpoint_sha256"]) == digest and saved["true"].shape[0] == len(clips["episodes"])
+                    and scored_on == device.type):
                 errors[name] = {"true": saved["true"], "shuffled": saved["shuffled"]}
                 continue
+        if tok is None:
+            tok, _ = load_tokenizer(cfg.tokenizer.out_dir, device)
         model, _ = load_dynamics(root / name / "checkpoint", len(cfg.env.action_map))
-        print(f"action-free: scoring arm {name} on {len(clips['episodes'])} held-out clips")
-        errors[name] = clip_errors(model.eval(), tok, clips, cfg)
+        print(f"action-free: scoring arm {name} on {len(clips['episodes'])} held-out clips ({device.type})")
+        errors[name] = clip_errors(model.to(device).eval(), tok, clips, cfg)
         buf = io.BytesIO()
-        np.savez(buf, checkpoint_sha256=digest, **errors[name])
+        np.savez(buf, checkpoint_sha256=digest, device=device.type, **errors[name])
         write_bytes_atomic(cache, buf.getvalue())
     out = compare_heldout(errors, clips["episodes"])
+    out["device"] = device.type
     repeat = repeat_last_errors(clips["frames"], cfg.dynamics.context)  # the trivial predictor, same clips
     out[f"psnr_h{repeat.shape[1]}/repeat_last"] = float(_pooled_psnr(repeat).mean())
     return out

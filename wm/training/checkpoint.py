@@ -45,6 +45,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from err
 
 
+def weights_sha256(path: str | Path) -> str:
+    """sha256 of a checkpoint's model weights alone (names, dtypes, shapes and values, in name
+    order): the same for a copy without the optimizer state or written by another run of the same
+    training, where the file's own hash differs."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(load_checkpoint(path)["model"].items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
     """``load_state_dict`` with an error that says which checkpoint does not fit."""
     try:
