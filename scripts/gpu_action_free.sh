@@ -63,7 +63,7 @@ arms() {  # arms ROOT STEPS LOGTAG: every job in parallel; returns when all are 
 # a warm machine keeps the last call's files: start from empty arm directories (an arm that
 # finished there would otherwise be reused, whatever its steps)
 RUN=${RUN:-/tmp/af-run}
-rm -rf /tmp/af-probe "$RUN"
+[ -n "${KEEP_RUN:-}" ] || rm -rf /tmp/af-probe "$RUN"  # KEEP_RUN=1: resume the arms a previous call left on a warm machine
 if [ -n "${STEPS:-}" ]; then  # the steps are given (e.g. the DVC stage's action_free.steps): no probe
   echo "steps given: $STEPS per arm (longest arm x$MULT), $(echo "$JOBS" | wc -l) processes" | tee -a "$OUT/steps.txt"
 else

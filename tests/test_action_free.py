@@ -4,6 +4,7 @@ measures its three arms end to end on the debug preset."""
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,6 +32,39 @@ def _episodes_seen(cfg, labels, batches=30):
         for key, free in zip(b["key"], b["action_free"].tolist()):
             seen[int(key[2:8])] = free
     return seen
+
+
+def test_a_single_reader_keeps_latent_shards_in_memory(latents_cfg, tmp_path):
+    """A latent stream read by one process keeps each shard it has read in memory: the next
+    epochs yield the same clips as re-reading the files (the same labelled selection, order and
+    offsets), and without the files; frame shards and several ranks read the files each time."""
+    import shutil
+
+    from wm.data.shards import ClipDataset
+
+    _, cfg = latents_cfg
+    labels = episode_labels(cfg.latents.out_dir, "train", 0.5, 0, drop=True)
+    copy = tmp_path / "latents"
+    shutil.copytree(cfg.latents.out_dir, copy)
+    entries = read_manifest(copy)["splits"]["train"]["shards"]
+    shards = [(copy / e["file"], e["chunks"]) for e in entries]
+
+    def epochs(ds, n):
+        return [[(c["key"], c["latents" if "latents" in c else "frames"].float().sum().item(), c["action_free"]) for c in ds._clips(e, 0, 1)] for e in range(n)]
+
+    kept = ClipDataset(shards, 4, seed=1, labels=labels)
+    first = epochs(kept, 3)
+    assert len(kept._cache) == len(shards) and first[0] and first[1] != first[0]  # offsets and order re-drawn
+    assert {int(k[2:8]) for k, _, _ in first[0]} <= labels.labeled  # only the labelled episodes were kept
+    assert epochs(ClipDataset(shards, 4, seed=1, labels=labels), 3) == first  # same as reading the files
+    shutil.rmtree(copy / "train")
+    assert epochs(kept, 3) == first  # from memory alone
+    two_ranks = ClipDataset([(Path(cfg.latents.out_dir) / e["file"], e["chunks"]) for e in entries], 4,
+                            seed=1, rank=0, world_size=2)
+    assert epochs(two_ranks, 1)[0] and not two_ranks._cache
+    frames = ClipDataset([(Path(cfg.shard.out_dir) / e["file"], e["chunks"])
+                          for e in read_manifest(cfg.shard.out_dir)["splits"]["train"]["shards"]], 4)
+    assert epochs(frames, 1) and not frames._cache
 
 
 def test_unlabelled_episodes_become_video_or_are_left_out(latents_cfg):

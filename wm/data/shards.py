@@ -290,13 +290,23 @@ def _decode(key: str, files: dict[str, bytes], path: Path) -> dict[str, Any]:
     return out
 
 
-def iter_shard(path: str | Path, keep: Any = None) -> Iterator[dict[str, Any]]:
-    """Decoded samples of one shard, in order. ``keep(i)`` selects by position in the shard
-    (undecoded samples cost only their read). Truncation/corruption raises ShardError.
+def iter_shard(path: str | Path, keep: Any = None, keep_meta: Any = None) -> Iterator[dict[str, Any]]:
+    """Decoded samples of one shard, in order. ``keep(i)`` selects by position in the shard and
+    ``keep_meta(meta)`` by the sample's meta.json (e.g. its episode), read before anything else
+    of it: samples either leaves out cost only their read, not their decoding. Truncation or
+    corruption raises ShardError."""
+    for _, sample in iter_shard_positions(path, keep, keep_meta):
+        yield sample
+
+
+def iter_shard_positions(path: str | Path, keep: Any = None,
+                         keep_meta: Any = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``iter_shard`` with each sample's position in the shard: ``(position, sample)``.
 
     Reading and grouping files into samples is webdataset's (``tar_file_iterator``,
     ``group_by_keys``); the decoding is ours, so that a bad sample names its shard and key and
-    the position filter lets a resumed epoch skip samples without decoding them."""
+    the filters let a resumed epoch, or a stream of a few labelled episodes, skip samples
+    without decoding them."""
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
     path = Path(path)
@@ -304,9 +314,17 @@ def iter_shard(path: str | Path, keep: Any = None) -> Iterator[dict[str, Any]]:
         with open(path, "rb") as f:
             files = ({**item, "__url__": str(path)} for item in tar_file_iterator(f))
             for position, group in enumerate(group_by_keys(files)):
-                if keep is None or keep(position):
-                    key = group.pop("__key__")
-                    yield _decode(key, {k: v for k, v in group.items() if not k.startswith("__")}, path)
+                if keep is not None and not keep(position):
+                    continue
+                key = group.pop("__key__")
+                if keep_meta is not None:
+                    try:
+                        meta = json.loads(group["meta.json"])
+                    except (KeyError, ValueError) as err:
+                        raise ShardError(f"corrupt sample '{key}' in shard {path}: {err!r}") from err
+                    if not keep_meta(meta):
+                        continue
+                yield position, _decode(key, {k: v for k, v in group.items() if not k.startswith("__")}, path)
     except (tarfile.TarError, EOFError, OSError, ValueError) as err:
         raise ShardError(f"shard {path} is truncated or corrupt: {err}") from err
 
@@ -392,12 +410,40 @@ class ClipDataset(IterableDataset):
         self.world_size = world_size
         self.shuffle_buffer = shuffle_buffer
         self.labels = labels
+        self._cache: dict[int, list[tuple[int, dict[str, Any]]]] = {}  # latent shards, read once
 
     def _owns(self, position: int, worker: int, workers: int) -> bool:
         """Sample ``position`` goes to rank ``position % world_size``, then to a DataLoader
         worker of that rank by its rank-local index, so a rank's data is the same whatever
         its number of workers."""
         return position % self.world_size == self.rank and (position // self.world_size) % workers == worker
+
+    def _shard_samples(self, index: int, first: int, worker: int,
+                       workers: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(position in the shard, decoded sample) for the samples of shard ``index`` that this
+        reader owns (the shard's first sample at ``first`` in the epoch's sequence) and ``labels``
+        keeps; the others are not decoded. A single reader (one rank, no DataLoader workers) keeps
+        a latent shard it has read to the end in memory (latent samples are small and stored
+        uncompressed), and later epochs -- and a resumed run's replay of the batches before its
+        checkpoint -- draw from there: the same samples in the same order, without reading and
+        parsing the file again. Frame samples are read from the file every time."""
+        cached = self._cache.get(index)
+        if cached is not None:  # a single reader's: it owns every sample
+            yield from cached
+            return
+        single = self.world_size == 1 and workers == 1
+        keep_meta = None if self.labels is None else (lambda meta: self.labels.keep(int(meta.get("episode", -1))))
+        owns = None if single else (lambda i: self._owns(first + i, worker, workers))
+        kept: list[tuple[int, dict[str, Any]]] | None = [] if single else None
+        for at, sample in iter_shard_positions(self.shards[index][0], keep=owns, keep_meta=keep_meta):
+            if kept is not None:
+                if "latents" in sample:
+                    kept.append((at, sample))
+                else:
+                    kept = None
+            yield at, sample
+        if kept is not None:
+            self._cache[index] = kept
 
     def _clips(self, epoch: int, worker: int, workers: int) -> Iterator[dict[str, Any]]:
         order = list(range(len(self.shards)))
@@ -407,12 +453,9 @@ class ClipDataset(IterableDataset):
         offsets_rng = np.random.default_rng([self.seed, epoch, slot]) if self.shuffle else None
         position = 0  # of the shard's first sample in this epoch's global sequence
         for index in order:
-            path, count = self.shards[index]
-            first = position
-            for sample in iter_shard(path, keep=lambda i, first=first: self._owns(first + i, worker, workers)):
+            count = self.shards[index][1]
+            for _, sample in self._shard_samples(index, position, worker, workers):
                 episode = int(sample["meta"].get("episode", -1))
-                if self.labels is not None and not self.labels.keep(episode):
-                    continue
                 action_free = bool(sample["meta"].get("action_free", False)) or (
                     self.labels is not None and self.labels.action_free(episode))
                 length = len(sample["actions"])
