@@ -186,6 +186,24 @@ def test_wrong_shape_checkpoint_is_a_clear_error(tmp_path):
         load_trained(toy_model(), tmp_path / "c.pt")
 
 
+def test_weights_fingerprint_ignores_all_but_the_weights(tmp_path):
+    """weights_sha256: the same for the same weights in another order and beside other state
+    (optimizer, step), scalars and empty tensors included; another value, name or dtype changes
+    it; a checkpoint without weights is a clear error."""
+    from wm.training.checkpoint import weights_sha256
+
+    w = {"w": torch.arange(6.0).reshape(2, 3), "s": torch.tensor(3.0), "e": torch.zeros(0)}
+    save_checkpoint(tmp_path / "a.pt", {"model": w})
+    save_checkpoint(tmp_path / "b.pt", {"model": dict(reversed(list(w.items()))), "optimizer": {"x": 1}, "step": 9})
+    assert weights_sha256(tmp_path / "a.pt") == weights_sha256(tmp_path / "b.pt")
+    for other in ({**w, "s": torch.tensor(3.5)}, {**w, "w": w["w"].double()}, {"v": w["w"], "s": w["s"], "e": w["e"]}):
+        save_checkpoint(tmp_path / "c.pt", {"model": other})
+        assert weights_sha256(tmp_path / "c.pt") != weights_sha256(tmp_path / "a.pt")
+    save_checkpoint(tmp_path / "d.pt", {"step": 1})
+    with pytest.raises(CheckpointError, match="holds no model weights"):
+        weights_sha256(tmp_path / "d.pt")
+
+
 def test_train_tokenizer_stage_outputs(debug_data, monkeypatch):
     from conftest import make_cfg
     from wm.stages import train_tokenizer

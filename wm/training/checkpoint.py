@@ -51,11 +51,14 @@ def weights_sha256(path: str | Path) -> str:
     training, where the file's own hash differs."""
     import hashlib
 
+    state = load_checkpoint(path).get("model")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds no model weights")
     digest = hashlib.sha256()
-    for name, tensor in sorted(load_checkpoint(path)["model"].items()):
+    for name, tensor in sorted(state.items()):
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-d tensors too
     return digest.hexdigest()
 
 
