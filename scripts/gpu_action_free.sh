@@ -12,7 +12,7 @@
 #   OUT=/tmp/x BUDGET=330 SEEDS="0 1 2" FRACS="0.1" THREADS=1 bash scripts/gpu_action_free.sh
 #
 # Inputs (`python scripts/gpu_inputs.py` on the CPU machine, carried as ignored paths): data/latents (the committed
-# run's latents), .gpu/tokenizer (the committed tokenizer, weights only) and .gpu/shards (the
+# run's latents), .gpu/tokenizer (the committed tokenizer's weights) and .gpu/shards (the
 # held-out shards and two training shards: the evaluation reads frames from them); SHARDS and
 # TOKENIZER point elsewhere (a CPU smoke run: data/shards, data/checkpoints/tokenizer). Outputs
 # in $OUT: steps.txt; results.tar.gz with every arm's directory less its weights (metrics, arm.json,
@@ -20,7 +20,10 @@
 # share), summaries/action_free_seeds.json (mean and sd over the seeds, the acceptance checks) and
 # logs/; the first seed's weights, ckpt_full.pt and ckpt_f<share>_<arm>.pt; bench.json if time was left.
 # STEPS=<n> skips the probe and trains n steps per arm; ARMS_LIMIT=<s> stops unfinished arms after s
-# seconds (their summaries are skipped; steps.txt says how far each got).
+# seconds (their summaries are skipped; steps.txt says how far each got); KEEP_RUN=1 keeps the arm
+# directories a previous call left on a warm machine, so their arms resume (finished ones are reused).
+# Measured on an H200 (session 22): nine processes at once train 6.3-8.2 steps/s each, so the
+# 5,200-step video arm needs ~11 min: more than one 10-minute call.
 set -uo pipefail
 OUT=${OUT:-/tmp/wm-gpu-af}
 BUDGET=${BUDGET:-330}           # seconds for the arms, evaluation included
