@@ -4,12 +4,12 @@
 # idle). For every seed in SEEDS (dynamics.train.seed: initialisation, batches, noise and which
 # episodes keep their labels) the `full` arm (every action) is trained once and the
 # `labeled_plus_video` and `labeled_only` arms once per labelled share in FRACS, so SEEDS="0 1 2"
-# FRACS="0.1" runs nine processes. The labelled+video arm trains steps / (1 - video_share) steps
+# FRACS="0.008" runs nine processes. The labelled+video arm trains steps / (1 - video_share) steps
 # (action_free.video_steps=matched: as many labelled batches as the other arms' steps, the video
 # on top). A short probe of the same processes times a step first, so the longest arm fits in
 # BUDGET seconds; if time is left before DEADLINE, `wm bench --preset gpu` runs.
 #
-#   OUT=/tmp/x BUDGET=330 SEEDS="0 1 2" FRACS="0.1" THREADS=1 bash scripts/gpu_action_free.sh
+#   OUT=/tmp/x BUDGET=330 SEEDS="0 1 2" FRACS="0.008" THREADS=1 bash scripts/gpu_action_free.sh
 #
 # Inputs (`python scripts/gpu_inputs.py` on the CPU machine, carried as ignored paths): data/latents (the committed
 # run's latents), .gpu/tokenizer (the committed tokenizer's weights) and .gpu/shards (the
@@ -30,7 +30,7 @@ BUDGET=${BUDGET:-330}           # seconds for the arms, evaluation included
 MAX_STEPS=${MAX_STEPS:-8000}
 PROBE_STEPS=${PROBE_STEPS:-150}
 MIN_STEPS=${MIN_STEPS:-100}
-FRACS=${FRACS:-0.1}             # labelled shares (action_free.labeled_frac), space-separated
+FRACS=${FRACS:-0.008}           # labelled shares (action_free.labeled_frac), space-separated
 SEEDS=${SEEDS:-0}               # dynamics.train.seed of every arm, space-separated
 THREADS=${THREADS:-3}           # CPU threads per process
 SHARDS=${SHARDS:-.gpu/shards}

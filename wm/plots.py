@@ -112,7 +112,7 @@ def line_plot(series: Sequence[tuple[str, Sequence[float], int, bool]], path: Pa
         c = PALETTE[colour % len(PALETTE)]
         _segment(draw, (x, y + 6), (x + 24, y + 6), c, dashed)
         draw.text((x + 30, y), label, fill="black")
-    draw.text((left, 8), title, fill="black")
+    draw.text((8, 8), title, fill="black")  # from the left edge: a long title fits the whole width
     draw.text((left + pw // 2 - 3 * len(xlabel), height - 18), xlabel, fill="black")
     draw.text((4, 8), ylabel, fill="black")
     save_png(img, path)
@@ -154,6 +154,6 @@ def interval_plot(rows: Sequence[tuple[str, float, tuple[float, float] | None, i
             draw.line([px(ci[0]), y, px(ci[1]), y], fill=c, width=3)
         draw.ellipse([px(x) - 4, y - 4, px(x) + 4, y + 4], fill=c)
         draw.text((8, y - 6), label, fill="black")
-    draw.text((left, 8), title, fill="black")
+    draw.text((8, 8), title, fill="black")  # from the left edge: a long title fits the whole width
     draw.text((left + pw // 2 - 3 * len(xlabel), height - 18), xlabel, fill="black")
     save_png(img, path)

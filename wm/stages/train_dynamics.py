@@ -574,9 +574,9 @@ def heldout_plot(summary: dict[str, Any], path: Path) -> None:
             key = f"heldout/{fig}/{a}_minus_{b}"
             ci = summary[f"{key}_ci95"]
             rows.append((f"{fig}: {short[a]} - {short[b]}", summary[key], tuple(ci) if ci else None, colour))
-    share = summary["labeled_frac"]
     interval_plot(rows, path, f"paired differences, {summary['heldout/clips']} held-out clips "
-                  f"({summary['heldout/episodes']} episodes), labelled share {share:g}, seed {summary['seed']}",
+                  f"({summary['heldout/episodes']} episodes), {summary['labeled_episodes']} of "
+                  f"{summary['train_episodes']} training episodes labelled, seed {summary['seed']}",
                   "dB (95 % interval: held-out episodes resampled)")
 
 
@@ -593,6 +593,6 @@ def action_free_plot(root: Path, summary: dict[str, Any], k: int, path: Path) ->
         series.append((f"{name} (gap {summary[f'gap/{name}']:.2f} dB)", [float(r[f"k{k}"]) for r in rows], i, False))
         series.append((f"{name}, shuffled actions", [float(r[f"k{k}_shuffled_actions"]) for r in rows], i, True))
     series.append(("repeat last frame", [float(r["repeat_last"]) for r in rows], 5, False))
-    share = summary["labeled_frac"]
-    line_plot(series, path, f"action-free experiment: {share:.0%} of episodes labelled, open-loop PSNR (K={k})",
+    labelled = f"{summary['labeled_episodes']} of {summary['train_episodes']} episodes labelled"
+    line_plot(series, path, f"action-free experiment: {labelled}, open-loop PSNR (K={k})",
               "frames predicted", "PSNR dB")
