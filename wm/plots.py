@@ -112,7 +112,7 @@ def line_plot(series: Sequence[tuple[str, Sequence[float], int, bool]], path: Pa
         c = PALETTE[colour % len(PALETTE)]
         _segment(draw, (x, y + 6), (x + 24, y + 6), c, dashed)
         draw.text((x + 30, y), label, fill="black")
-    draw.text((8, 8), title, fill="black")  # from the left edge: a long title fits the whole width
+    draw.text((left, 8), title, fill="black")
     draw.text((left + pw // 2 - 3 * len(xlabel), height - 18), xlabel, fill="black")
     draw.text((4, 8), ylabel, fill="black")
     save_png(img, path)
