@@ -372,3 +372,20 @@ def test_ddp_step_equals_single_process_for_every_stage_model(tmp_path, which):
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
         torch.testing.assert_close(a[k], want[k], atol=1e-5, rtol=1e-4)
     assert any(not torch.equal(a[k], start[k]) for k in a if a[k].is_floating_point())
+
+
+def test_compile_without_cpu_compiler_warns_and_stays_eager(monkeypatch):
+    """The default preset compiles the dynamics trainer; a CPU machine without a C++ compiler must
+    train eagerly with a warning rather than fail at the first step."""
+    import shutil
+
+    from wm.models.transformer import Block
+    from wm.training.trainer import compile_blocks, cpu_compiler_ready
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    assert cpu_compiler_ready(model) is bool(shutil.which("g++"))  # this machine: g++ is inductor's default
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
+        assert compile_blocks(model, (Block,)) == 0
+    assert getattr(model, "_compiled_call_impl", None) is None

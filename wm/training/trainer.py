@@ -39,6 +39,27 @@ class NonFiniteLossError(UserError, FloatingPointError):
     """The loss became NaN or inf; training stopped and the last good checkpoint was kept."""
 
 
+def cpu_compiler_ready(model: nn.Module) -> bool:
+    """Whether ``torch.compile`` can build kernels for ``model``: on the CPU inductor writes C++ and
+    needs a compiler (g++ by default). Without one the default preset (which compiles the dynamics
+    trainer) warns and trains eagerly, 1.2-1.3x slower, instead of failing at its first step."""
+    import shutil
+    import warnings
+
+    param = next(model.parameters(), None)
+    if param is None or param.device.type != "cpu":
+        return True
+    from torch._inductor import config as inductor_config
+
+    names = [c for c in (os.environ.get("CXX"), *inductor_config.cpp.cxx) if c]
+    if any(shutil.which(c) for c in names):
+        return True
+    warnings.warn(f"train.compile is on but no C++ compiler ({', '.join(names)}) is on PATH, which torch.compile "
+                  "needs on the CPU; training eagerly (install g++, or set train.compile=false to silence this)",
+                  stacklevel=2)
+    return False
+
+
 def compile_blocks(model: nn.Module, block_types: tuple[type, ...]) -> int:
     """Regional compilation: ``torch.compile`` each repeated block rather than the whole model.
     Every block shares one compiled code object, so the compile time does not grow with depth,
@@ -46,9 +67,12 @@ def compile_blocks(model: nn.Module, block_types: tuple[type, ...]) -> int:
     graph. Measured on 2 CPU cores (debug dynamics, 10 steps over 4 shapes): whole model 188 s
     of compiling, blocks 115 s; on an H100 the whole-model trainer spent its first 150 s
     compiling (data/metrics/gpu/h100). The recompile limit is raised for the variants one block
-    legitimately has (spatial/temporal x grad/no-grad x shapes). Returns the blocks compiled."""
+    legitimately has (spatial/temporal x grad/no-grad x shapes). Returns the blocks compiled (0 and
+    eager when the CPU has no C++ compiler, see :func:`cpu_compiler_ready`)."""
     import torch._dynamo
 
+    if not cpu_compiler_ready(model):
+        return 0
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     blocks = [m for m in model.modules() if isinstance(m, block_types)]
     if not blocks:
