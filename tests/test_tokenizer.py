@@ -25,6 +25,28 @@ def test_shapes_and_tanh_bottleneck(tok, debug_cfg):
     assert z.abs().max() < 1
 
 
+def test_zero_out_init_starts_black_and_still_learns(debug_cfg):
+    """tokenizer.out_init zero: the untrained tokenizer reconstructs every frame as exact black
+    (the frames are ~95 % black; PyTorch's default init starts at noise far from them), and one
+    optimiser step moves it off black; an unknown init is a config error."""
+    from wm.errors import ConfigValueError
+
+    cfg = dataclasses.replace(debug_cfg.tokenizer, out_init="zero")
+    torch.manual_seed(0)
+    model = Tokenizer(cfg, 32, 32)
+    x = torch.rand(2, 2, 3, 32, 32)
+    assert torch.equal(model(x)[0], torch.zeros_like(x))
+    torch.manual_seed(0)
+    noisy = Tokenizer(debug_cfg.tokenizer, 32, 32)(x)[0]
+    assert noisy.abs().mean() > 0.1
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    (model(x)[0] - x).pow(2).mean().backward()
+    opt.step()
+    assert model(x)[0].abs().mean() > 0
+    with pytest.raises(ConfigValueError, match="out_init"):
+        Tokenizer(dataclasses.replace(cfg, out_init="xavier"), 32, 32)
+
+
 def test_tokenizer_is_causal_over_time(tok):
     x = torch.rand(1, 4, 3, 32, 32)
     recon, z = tok(x)
@@ -282,6 +304,41 @@ def test_seed_spread_script_aggregates_runs(debug_data, debug_raw, tmp_path):
         assert isinstance(s["constant_latent_channels"], int)
         worst = [w["rmse_x1000"] for w in s["worst_patches"]]
         assert len(worst) == 3 and worst == sorted(worst, reverse=True) and worst[0] > 0
+
+
+def test_rescore_script_scores_every_val_clip_the_same_for_every_run(debug_data, debug_raw, tmp_path):
+    """scripts/tokenizer_rescore.py: two checkpoints of different train batch sizes are scored on
+    every whole clip of the val split (the manifest's count), each figure equal to the stage's
+    evaluate_tokenizer on those clips, and a checkpoint scores the same whichever run comes first."""
+    import importlib.util
+    from pathlib import Path
+
+    from conftest import make_cfg, save_init_model
+    from wm.data.shards import count_clips, make_clip_loader
+    from wm.stages.train_tokenizer import evaluate_tokenizer
+
+    spec = importlib.util.spec_from_file_location("tokenizer_rescore",
+                                                  Path(__file__).parents[1] / "scripts" / "tokenizer_rescore.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    shards = debug_data["cfg"].shard.out_dir
+    runs, models = {}, {}
+    for seed, batch in ((0, 2), (1, 3)):
+        cfg = make_cfg(debug_raw, f"shard.out_dir={shards}", f"tokenizer.train.seed={seed}",
+                       f"tokenizer.train.batch_size={batch}")
+        torch.manual_seed(seed)
+        models[f"s{seed}"] = Tokenizer(cfg.tokenizer, cfg.env.height, cfg.env.width).eval()
+        save_init_model(tmp_path / f"s{seed}", models[f"s{seed}"], cfg)
+        runs[f"s{seed}"] = str(tmp_path / f"s{seed}")
+    out = mod.rescore(runs, clip_len=2)
+    assert out["clips"] == count_clips(shards, "val", 2) > 0
+    batches = list(make_clip_loader(shards, "val", 2, 8, shuffle=False, infinite=False))
+    for name, model in models.items():
+        want = evaluate_tokenizer(model, batches)
+        assert out[name]["val/psnr"] == pytest.approx(want["val/psnr"], rel=1e-5)
+        assert out[name]["val/psnr_moving"] == pytest.approx(want["val/psnr_moving"], rel=1e-5)
+    swapped = mod.rescore({"s1": runs["s1"], "s0": runs["s0"]}, clip_len=2)
+    assert swapped["s0"]["val/psnr"] == pytest.approx(out["s0"]["val/psnr"], rel=1e-6)
 
 
 def test_grad_balanced_lpips_term_pulls_at_its_weight(debug_cfg):

@@ -161,6 +161,8 @@ class TokenizerConfig:
     train: TrainConfig
     eval_batches: int
     out_dir: str
+    out_init: str = "torch"  # patch_out's init: torch (PyTorch's Linear default: the first reconstruction is
+                             # N(0, ~0.6) noise) | zero (starts black, like ~95 % of the pixels)
 
 
 @dataclass(frozen=True)

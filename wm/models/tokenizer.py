@@ -46,6 +46,11 @@ class Tokenizer(nn.Module):
         self.patch_queries = nn.Parameter(torch.randn(self.n_patches, dec.dim) * 0.02)
         self.decoder = Transformer(dec)
         self.patch_out = nn.Linear(dec.dim, patch_dim)
+        if cfg.out_init == "zero":  # the first reconstruction is black instead of noise ~19 dB under black's
+            nn.init.zeros_(self.patch_out.weight)
+            nn.init.zeros_(self.patch_out.bias)
+        elif cfg.out_init != "torch":
+            raise ConfigValueError(f"tokenizer.out_init must be torch or zero, not {cfg.out_init!r}")
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         p = self.cfg.patch

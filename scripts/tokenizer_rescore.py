@@ -1,0 +1,67 @@
+"""Tokenizer checkpoints scored on the whole held-out split, the same clips for every one.
+
+    python scripts/tokenizer_rescore.py NAME=CKPT_DIR [NAME=CKPT_DIR ...] --out X.json [--what "..."]
+
+train_tokenizer's figures (data/metrics/tokenizer.json) come from its first `eval_batches`
+unshuffled val batches of `train.batch_size` clips: at batch 8 that is 128 clips of 4 frames cut
+from 8 consecutive chunks of a few episodes, and a run at another batch size is scored on other
+clips. Here every checkpoint (a folder with checkpoint.pt and config.yaml, as train_tokenizer
+writes) is scored with the stage's own `evaluate_tokenizer` on every whole clip of the val split
+(clips of `--clip-len` frames, batches of 8), so runs of any batch size, seed or loss compare on
+the same frames. The shards are those of the first checkpoint's config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from wm import config as config_mod
+from wm.atomic import write_json_atomic
+from wm.data.shards import make_clip_loader
+from wm.stages.train_tokenizer import build_tokenizer, evaluate_tokenizer
+from wm.training.trainer import CHECKPOINT, load_trained
+
+FIGURES = ("val/psnr", "val/psnr_moving", "val/avgpool2_psnr_moving", "val/repeat_psnr_moving", "val/ssim")
+
+
+def rescore(runs: dict[str, str], clip_len: int = 4, batch_size: int = 8) -> dict:
+    out: dict = {}
+    batches = None
+    for name, run in runs.items():
+        cfg = config_mod.load(Path(run) / "config.yaml")
+        if batches is None:
+            loader = make_clip_loader(cfg.shard.out_dir, "val", clip_len, batch_size, shuffle=False, infinite=False)
+            batches = list(loader)
+            out["clips"] = sum(len(b["frames"]) for b in batches)
+            out["shards"] = cfg.shard.out_dir
+        model = build_tokenizer(cfg)
+        load_trained(model, Path(run) / CHECKPOINT)
+        figures = evaluate_tokenizer(model.eval(), batches)
+        out[name] = {k: figures[k] for k in FIGURES} | {"run": run, "seed": cfg.tokenizer.train.seed}
+        print(name, json.dumps({k: round(v, 3) for k, v in figures.items() if k in FIGURES}), flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="checkpoint folders as NAME=DIR")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--clip-len", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--what", default="", help="what was run (a sentence kept in the JSON)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runs = {}
+    for arg in args.runs:
+        name, _, path = arg.rpartition("=")
+        runs[name or path] = path
+    write_json_atomic(args.out, {"what": args.what, **rescore(runs, args.clip_len)})
+
+
+if __name__ == "__main__":
+    main()
