@@ -2,13 +2,14 @@
 
     python scripts/tokenizer_rescore.py NAME=CKPT_DIR [NAME=CKPT_DIR ...] --out X.json [--what "..."]
 
-train_tokenizer's figures (data/metrics/tokenizer.json) come from its first `eval_batches`
-unshuffled val batches of `train.batch_size` clips: at batch 8 that is 128 clips of 4 frames cut
-from 8 consecutive chunks of a few episodes, and a run at another batch size is scored on other
-clips. Here every checkpoint (a folder with checkpoint.pt and config.yaml, as train_tokenizer
-writes) is scored with the stage's own `evaluate_tokenizer` on every whole clip of the val split
-(clips of `--clip-len` frames, batches of 8), so runs of any batch size, seed or loss compare on
-the same frames. The shards are those of the first checkpoint's config.
+Until session 26, train_tokenizer's figures came from its first 16 unshuffled val batches of
+`train.batch_size` clips: at batch 8, 128 clips of 4 frames cut from 8 consecutive chunks of a few
+episodes, and a run at another batch size was scored on other clips (the stage now scores the
+whole split). Here every checkpoint (a folder with checkpoint.pt and config.yaml, as
+train_tokenizer writes) is scored with the stage's own held-out set (`held_out_batches`: every
+whole clip of the val split, `--clip-len` frames, batches of 8) and `evaluate_tokenizer`, so runs
+of any batch size, seed, loss or commit compare on the same frames. The shards are those of the
+first checkpoint's config.
 """
 
 from __future__ import annotations
@@ -21,21 +22,19 @@ import torch
 
 from wm import config as config_mod
 from wm.atomic import write_json_atomic
-from wm.data.shards import make_clip_loader
-from wm.stages.train_tokenizer import build_tokenizer, evaluate_tokenizer
+from wm.stages.train_tokenizer import build_tokenizer, evaluate_tokenizer, held_out_batches
 from wm.training.trainer import CHECKPOINT, load_trained
 
 FIGURES = ("val/psnr", "val/psnr_moving", "val/avgpool2_psnr_moving", "val/repeat_psnr_moving", "val/ssim")
 
 
-def rescore(runs: dict[str, str], clip_len: int = 4, batch_size: int = 8) -> dict:
+def rescore(runs: dict[str, str], clip_len: int = 4) -> dict:
     out: dict = {}
     batches = None
     for name, run in runs.items():
         cfg = config_mod.load(Path(run) / "config.yaml")
         if batches is None:
-            loader = make_clip_loader(cfg.shard.out_dir, "val", clip_len, batch_size, shuffle=False, infinite=False)
-            batches = list(loader)
+            batches = held_out_batches(cfg.shard.out_dir, clip_len)
             out["clips"] = sum(len(b["frames"]) for b in batches)
             out["shards"] = cfg.shard.out_dir
         model = build_tokenizer(cfg)

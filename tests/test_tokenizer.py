@@ -371,3 +371,27 @@ def test_grad_balanced_lpips_term_pulls_at_its_weight(debug_cfg):
         assert logs["tokenizer/train/lpips_scale"] > 0
     with pytest.raises(Exception, match="lpips_balance"):
         TokenizerLoss(dataclasses.replace(debug_cfg.tokenizer, lpips_balance="both"), None)
+
+
+def test_held_out_set_is_the_whole_val_split_whatever_the_batch_size(debug_data, debug_raw):
+    """train_tokenizer scores every whole val clip in batches of 8, the same clips at any training
+    batch size or seed; a limit picks that many of those batches, first to last, spread evenly."""
+    from conftest import make_cfg
+    from wm.data.shards import count_clips
+    from wm.stages.train_tokenizer import EVAL_BATCH, held_out_batches, val_batches
+
+    shards = debug_data["cfg"].shard.out_dir
+    sets = [val_batches(make_cfg(debug_raw, f"shard.out_dir={shards}", "tokenizer.eval_batches=0",
+                                 f"tokenizer.train.batch_size={b}", f"tokenizer.train.seed={s}"))
+            for b, s in ((2, 0), (3, 1))]
+    clip_len = make_cfg(debug_raw).tokenizer.train.clip_len
+    total = count_clips(shards, "val", clip_len)
+    for batches in sets:
+        assert sum(len(b["frames"]) for b in batches) == total // EVAL_BATCH * EVAL_BATCH > 0
+        assert all(b["frames"].shape[:2] == (EVAL_BATCH, clip_len) for b in batches)
+    assert all(torch.equal(a["frames"], b["frames"]) for a, b in zip(*sets))
+    full = sets[0]
+    assert len(full) >= 3  # the debug split holds enough clips to test the spread
+    picked = held_out_batches(shards, clip_len, limit=3)
+    assert [next(i for i, b in enumerate(full) if torch.equal(b["frames"], p["frames"])) for p in picked] == \
+        [0, round((len(full) - 1) / 2), len(full) - 1]

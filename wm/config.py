@@ -159,7 +159,7 @@ class TokenizerConfig:
     encoder: TransformerConfig
     decoder: TransformerConfig
     train: TrainConfig
-    eval_batches: int
+    eval_batches: int        # held-out batches of 8 clips, spread over the val split; 0: all of it
     out_dir: str
     out_init: str = "torch"  # patch_out's init: torch (PyTorch's Linear default: the first reconstruction is
                              # N(0, ~0.6) noise) | zero (starts black, like ~95 % of the pixels)

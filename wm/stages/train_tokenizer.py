@@ -5,7 +5,6 @@ the checkpoint (``tokenizer.out_dir/checkpoint.pt`` + ``config.yaml``)."""
 
 from __future__ import annotations
 
-import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from PIL import Image
 
 from wm.atomic import write_json_atomic
 from wm.config import Config, to_dict
-from wm.data.shards import has_clips, make_clip_loader, mixed_batches, split_frames, train_batches
+from wm.data.shards import count_clips, has_clips, make_clip_loader, mixed_batches, split_frames, train_batches
 from wm.metrics import avgpool2_baseline, masked_sq_error, moving_mask, pooled_psnr, psnr, ssim
 from wm.models.tokenizer import Tokenizer
 from wm.models.transformer import Block
@@ -35,12 +34,26 @@ def build_tokenizer(cfg: Config) -> Tokenizer:
     return Tokenizer(cfg.tokenizer, cfg.env.height, cfg.env.width)
 
 
+EVAL_BATCH = 8  # clips per held-out batch, whatever the training batch size
+
+
+def held_out_batches(shard_dir: str | Path, clip_len: int, limit: int = 0) -> list[dict[str, torch.Tensor]]:
+    """The held-out set: every whole ``clip_len``-frame clip of the val split, unshuffled, in
+    batches of ``EVAL_BATCH`` (the last partial batch dropped); with ``limit`` > 0, that many of
+    those batches spread evenly over the split. The same clips whatever the run's batch size or
+    seed, so figures from different runs compare."""
+    clips = count_clips(shard_dir, "val", clip_len)
+    loader = make_clip_loader(shard_dir, "val", clip_len, max(1, min(EVAL_BATCH, clips)), shuffle=False,
+                              infinite=False)
+    batches = list(loader)
+    if 0 < limit < len(batches):
+        batches = [batches[i] for i in np.linspace(0, len(batches) - 1, limit).round().astype(int)]
+    return batches
+
+
 def val_batches(cfg: Config) -> list[dict[str, torch.Tensor]]:
-    """A fixed held-out set: the first ``eval_batches`` unshuffled batches of the val split."""
-    t = cfg.tokenizer
-    loader = make_clip_loader(cfg.shard.out_dir, "val", t.train.clip_len, t.train.batch_size, shuffle=False,
-                              infinite=True)
-    return list(itertools.islice(iter(loader), t.eval_batches))
+    """train_tokenizer's held-out set (``tokenizer.eval_batches`` 0: the whole val split)."""
+    return held_out_batches(cfg.shard.out_dir, cfg.tokenizer.train.clip_len, cfg.tokenizer.eval_batches)
 
 
 @torch.no_grad()
@@ -172,7 +185,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
         return tokenizer_batches(cfg, info, skip)
 
     def evaluate(model: torch.nn.Module, step: int) -> dict[str, float]:
-        logs = evaluate_tokenizer(model, held_out[: max(1, len(held_out) // 4)])
+        logs = evaluate_tokenizer(model, held_out[::4])  # a quarter, spread over the split
         keep = ("val/psnr", "val/mse", "val/psnr_moving")
         return {f"tokenizer/{k}": v for k, v in logs.items() if v is not None and k in keep}
 
@@ -188,7 +201,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
         return {}
     final = evaluate_tokenizer(model, held_out, lpips_net if pretrained else None)
     save_grid(model, held_out[0], GRID_PATH)
-    save_moving_crops(model, held_out[:4], MOVING_PATH)
+    save_moving_crops(model, held_out[:: max(1, len(held_out) // 4)][:4], MOVING_PATH)
     metrics = {
         **final,
         "lpips_pretrained": pretrained,
