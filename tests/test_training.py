@@ -213,12 +213,15 @@ def test_train_tokenizer_stage_outputs(debug_data, monkeypatch):
     cfg = make_cfg(raw, f"tokenizer.out_dir={base / 'tok'}")
     monkeypatch.chdir(base)
     metrics = train_tokenizer.run(cfg)
+    EVAL_BATCH = train_tokenizer.EVAL_BATCH
     for key in ("val/psnr", "val/ssim", "val/mse", "val/lpips", "lpips_pretrained", "train_steps_per_s", "params",
                 "val/avgpool2_psnr", "val/psnr_moving", "val/avgpool2_psnr_moving", "val/repeat_psnr_moving"):
         assert key in metrics, key
     # the default perceptual net ships in its wheel: pretrained offline, and reported
     assert metrics["lpips_pretrained"] is True and metrics["lpips_net"] == "stlpips_alex"
     assert metrics["val/lpips"] > 0
+    # the perceptual net scores every 4th held-out batch (the first of the debug preset's 2)
+    assert metrics["val/lpips_frames"] == EVAL_BATCH * cfg.tokenizer.train.clip_len
     assert (base / "data/eval/tokenizer_moving.png").stat().st_size > 0
     assert json.loads((base / "data/metrics/tokenizer.json").read_text())["params"] == metrics["params"]
     assert (base / "data/eval/tokenizer_recon.png").stat().st_size > 0
