@@ -22,7 +22,8 @@ import torch
 
 from wm import config as config_mod
 from wm.atomic import write_json_atomic
-from wm.stages.train_tokenizer import build_tokenizer, evaluate_tokenizer, held_out_batches
+from wm.data.held_out import held_out_batches
+from wm.stages.train_tokenizer import EVAL_BATCH, build_tokenizer, evaluate_tokenizer
 from wm.training.trainer import CHECKPOINT, load_trained
 
 FIGURES = ("val/psnr", "val/psnr_moving", "val/avgpool2_psnr_moving", "val/repeat_psnr_moving", "val/ssim")
@@ -34,7 +35,7 @@ def rescore(runs: dict[str, str], clip_len: int = 4) -> dict:
     for name, run in runs.items():
         cfg = config_mod.load(Path(run) / "config.yaml")
         if batches is None:
-            batches = held_out_batches(cfg.shard.out_dir, clip_len)
+            batches = held_out_batches(cfg.shard.out_dir, clip_len, EVAL_BATCH)
             out["clips"] = sum(len(b["frames"]) for b in batches)
             out["shards"] = cfg.shard.out_dir
         model = build_tokenizer(cfg)

@@ -161,3 +161,27 @@ def test_kill_pairs_hold_this_and_the_previous_frame_and_the_kill_after():
     assert pairs.shape == (4, 2, 1, 1)
     assert pairs.flatten(1).tolist() == [[1, 0], [2, 1], [4, 3], [5, 4]]
     assert kill.tolist() == [False, True, False, False]  # the last frame's reward has no next frame
+
+
+def test_agent_held_out_set_is_spread_over_the_val_split_whatever_the_batch_size(debug_data, debug_raw):
+    """finetune_agent scores fixed batches of EVAL_BATCH val clips, the same at any training batch
+    size or seed; agent.eval_batches picks that many of them first to last (0: all)."""
+    from conftest import make_cfg
+    from wm.data.shards import count_clips
+    from wm.stages.finetune_agent import EVAL_BATCH, val_batches
+
+    shards = debug_data["cfg"].shard.out_dir
+    clip_len = 2
+    base = (f"latents.out_dir={shards}", f"agent.train.clip_len={clip_len}")
+    full = [val_batches(make_cfg(debug_raw, *base, "agent.eval_batches=0", f"agent.train.batch_size={b}",
+                                 f"agent.train.seed={s}")) for b, s in ((2, 0), (5, 1))]
+    clips = count_clips(shards, "val", clip_len)
+    per_batch = min(EVAL_BATCH, clips)
+    for batches in full:
+        assert sum(len(b["frames"]) for b in batches) == clips // per_batch * per_batch > 0
+        assert all(b["frames"].shape[:2] == (per_batch, clip_len) for b in batches)
+    assert all(torch.equal(a["frames"], b["frames"]) for a, b in zip(*full))
+    assert len(full[0]) >= 3  # the debug split holds enough clips to test the spread: first, middle, last
+    picked = val_batches(make_cfg(debug_raw, *base, "agent.eval_batches=3"))
+    at = [next(i for i, b in enumerate(full[0]) if torch.equal(b["frames"], p["frames"])) for p in picked]
+    assert at == [0, round((len(full[0]) - 1) / 2), len(full[0]) - 1]

@@ -378,7 +378,8 @@ def test_held_out_set_is_the_whole_val_split_whatever_the_batch_size(debug_data,
     batch size or seed; a limit picks that many of those batches, first to last, spread evenly."""
     from conftest import make_cfg
     from wm.data.shards import count_clips
-    from wm.stages.train_tokenizer import EVAL_BATCH, held_out_batches, val_batches
+    from wm.data.held_out import held_out_batches
+    from wm.stages.train_tokenizer import EVAL_BATCH, val_batches
 
     shards = debug_data["cfg"].shard.out_dir
     sets = [val_batches(make_cfg(debug_raw, f"shard.out_dir={shards}", "tokenizer.eval_batches=0",
@@ -392,6 +393,6 @@ def test_held_out_set_is_the_whole_val_split_whatever_the_batch_size(debug_data,
     assert all(torch.equal(a["frames"], b["frames"]) for a, b in zip(*sets))
     full = sets[0]
     assert len(full) >= 3  # the debug split holds enough clips to test the spread
-    picked = held_out_batches(shards, clip_len, limit=3)
+    picked = held_out_batches(shards, clip_len, EVAL_BATCH, limit=3)
     assert [next(i for i, b in enumerate(full) if torch.equal(b["frames"], p["frames"])) for p in picked] == \
         [0, round((len(full) - 1) / 2), len(full) - 1]

@@ -205,7 +205,7 @@ class AgentConfig:
     bc_weight: float
     reward_weight: float
     dynamics_weight: float   # the dynamics loss continues during finetuning
-    eval_batches: int
+    eval_batches: int        # held-out batches of 16 clips, spread over the val split; 0: all of it
     head_rows: int           # transitions (x head_draws) the reward/continuation heads are fitted on
     head_draws: int          # context-noise draws per transition
     head_steps: int          # at most this many Adam steps of the heads on the frozen features

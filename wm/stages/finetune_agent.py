@@ -27,6 +27,7 @@ from torch import nn
 
 from wm.atomic import write_json_atomic
 from wm.config import Config, to_dict
+from wm.data.held_out import held_out_batches
 from wm.data.shards import make_clip_loader, train_batches
 from wm.models.agent import Agent, agent_view
 from wm.models.dynamics import NO_ACTION_INDEX, Dynamics, shift_actions
@@ -42,6 +43,7 @@ from wm.world_model import load_dynamics
 
 METRICS_PATH = Path("data/metrics/agent.json")
 LIVE_DIR = Path("data/metrics/agent")
+EVAL_BATCH = 16  # clips per held-out batch, whatever the training batch size
 
 
 def agent_for_finetuning(agent: Agent) -> Agent:
@@ -136,15 +138,19 @@ def evaluate_agent(agent: Agent, batches: list[dict[str, torch.Tensor]], cfg: Co
     return out
 
 
+def val_batches(cfg: Config) -> list[dict[str, torch.Tensor]]:
+    """finetune_agent's held-out set: ``agent.eval_batches`` batches of 16 latent clips spread
+    over the val split (0: all of it), the same whatever the training batch size or seed."""
+    return held_out_batches(cfg.latents.out_dir, cfg.agent.train.clip_len, EVAL_BATCH, cfg.agent.eval_batches)
+
+
 def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     a = cfg.agent
     start = time.perf_counter()
     n_actions = len(cfg.env.action_map)
     dynamics, _ = load_dynamics(cfg.dynamics.out_dir, n_actions)
     pretrained = {k: v.clone() for k, v in dynamics.state_dict().items()}
-    val_loader = make_clip_loader(cfg.latents.out_dir, "val", a.train.clip_len, a.train.batch_size, shuffle=False,
-                                  infinite=True)
-    held_out = list(itertools.islice(iter(val_loader), a.eval_batches))
+    held_out = val_batches(cfg)
 
     def model_factory() -> Agent:
         dyn = Dynamics(dynamics.cfg, n_actions, dynamics.n_latents, dynamics.latent_dim)
@@ -155,7 +161,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
         return train_batches(cfg.latents.out_dir, a.train, info, cfg.data.shuffle_buffer, skip)
 
     def evaluate(model: nn.Module, step: int) -> dict[str, float]:
-        out = evaluate_agent(model, held_out[: max(1, len(held_out) // 4)], cfg)
+        out = evaluate_agent(model, held_out[::4], cfg)  # a quarter, spread over the split
         return {f"agent/{k}": v for k, v in out.items() if k in ("val/action_acc/o0", "val/reward_mae")}
 
     trainer = Trainer(name="agent", cfg=a.train, model_factory=model_factory, loss_fn=AgentLoss(cfg),

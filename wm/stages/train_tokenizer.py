@@ -15,7 +15,8 @@ from PIL import Image
 
 from wm.atomic import write_json_atomic
 from wm.config import Config, to_dict
-from wm.data.shards import count_clips, has_clips, make_clip_loader, mixed_batches, split_frames, train_batches
+from wm.data.held_out import held_out_batches
+from wm.data.shards import has_clips, mixed_batches, split_frames, train_batches
 from wm.metrics import avgpool2_baseline, masked_sq_error, moving_mask, pooled_psnr, psnr, ssim
 from wm.models.tokenizer import Tokenizer
 from wm.models.transformer import Block
@@ -37,23 +38,9 @@ def build_tokenizer(cfg: Config) -> Tokenizer:
 EVAL_BATCH = 8  # clips per held-out batch, whatever the training batch size
 
 
-def held_out_batches(shard_dir: str | Path, clip_len: int, limit: int = 0) -> list[dict[str, torch.Tensor]]:
-    """The held-out set: every whole ``clip_len``-frame clip of the val split, unshuffled, in
-    batches of ``EVAL_BATCH`` (the last partial batch dropped); with ``limit`` > 0, that many of
-    those batches spread evenly over the split. The same clips whatever the run's batch size or
-    seed, so figures from different runs compare."""
-    clips = count_clips(shard_dir, "val", clip_len)
-    loader = make_clip_loader(shard_dir, "val", clip_len, max(1, min(EVAL_BATCH, clips)), shuffle=False,
-                              infinite=False)
-    batches = list(loader)
-    if 0 < limit < len(batches):
-        batches = [batches[i] for i in np.linspace(0, len(batches) - 1, limit).round().astype(int)]
-    return batches
-
-
 def val_batches(cfg: Config) -> list[dict[str, torch.Tensor]]:
     """train_tokenizer's held-out set (``tokenizer.eval_batches`` 0: the whole val split)."""
-    return held_out_batches(cfg.shard.out_dir, cfg.tokenizer.train.clip_len, cfg.tokenizer.eval_batches)
+    return held_out_batches(cfg.shard.out_dir, cfg.tokenizer.train.clip_len, EVAL_BATCH, cfg.tokenizer.eval_batches)
 
 
 @torch.no_grad()
