@@ -396,3 +396,30 @@ def test_held_out_set_is_the_whole_val_split_whatever_the_batch_size(debug_data,
     picked = held_out_batches(shards, clip_len, EVAL_BATCH, limit=3)
     assert [next(i for i, b in enumerate(full) if torch.equal(b["frames"], p["frames"])) for p in picked] == \
         [0, round((len(full) - 1) / 2), len(full) - 1]
+
+
+def test_seed_split_script_takes_the_named_parameters_from_the_other_seed(debug_cfg, monkeypatch):
+    """scripts/tokenizer_seed_split.py: with SWAP_PREFIXES the encoder side's init comes from
+    SWAP_SEED and the rest from the run's own seed."""
+    import importlib.util
+    from pathlib import Path
+
+    import wm.stages.train_tokenizer as stage
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "tokenizer_seed_split.py"
+    spec = importlib.util.spec_from_file_location("tokenizer_seed_split", path)
+    split = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(split)
+    build = stage.build_tokenizer
+    monkeypatch.setattr(stage, "build_tokenizer", build)  # restored after the test
+    split._override_init(0, ("patch_in", "encoder."))
+    torch.manual_seed(1)
+    mixed = stage.build_tokenizer(debug_cfg).state_dict()
+    own = {}
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        own[seed] = build(debug_cfg).state_dict()
+    for k, v in mixed.items():
+        donor = 0 if k.startswith(("patch_in", "encoder.")) else 1
+        assert torch.equal(v, own[donor][k]), k
+    assert not torch.equal(own[0]["patch_in.weight"], own[1]["patch_in.weight"])
