@@ -3,7 +3,8 @@
 stream drawn after it (the MAE masks) and the order of the training clips. Environment variables
 override one part each:
 
-    DATA_SEED=D    the training clips' order (the loader's seed)
+    DATA_SEED=D    the training clips' order (the loader's seed; with imported videos, the draw that
+                   mixes them in still follows tokenizer.train.seed)
     MASK_SEED=M    the global RNG once the model is built (masks)
     SWAP_SEED=S SWAP_PREFIXES=p1,p2,...   parameters whose names start with a prefix take
                    their init from seed S (e.g. the encoder side: patch_in,patch_pos,mask_token,
@@ -72,6 +73,8 @@ def main() -> int:
     if "MASK_SEED" in env:
         _override_mask_seed(int(env["MASK_SEED"]))
     if env.get("SWAP_PREFIXES"):
+        if "SWAP_SEED" not in env:
+            raise SystemExit("SWAP_PREFIXES needs SWAP_SEED: the seed those parameters' init comes from")
         _override_init(int(env["SWAP_SEED"]), tuple(env["SWAP_PREFIXES"].split(",")))
     from wm.cli import main as wm_main
 
