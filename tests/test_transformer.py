@@ -129,3 +129,19 @@ def test_registers_change_outputs_and_are_dropped():
     net = model(registers=3)
     y = net(torch.randn(2, 2, 5, 32))
     assert y.shape == (2, 2, 5, 32)
+
+
+def test_zero_residual_starts_as_the_identity_and_then_trains_every_weight():
+    net = model(zero_residual=True, registers=0).train()
+    x, target = torch.randn(2, 3, 5, 32), torch.randn(2, 3, 5, 32)
+    assert torch.allclose(net(x), net.norm(x))  # every block adds nothing at first
+    assert not torch.allclose(model(registers=0)(x), net.norm(x))  # the default init is untouched
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    for _ in range(2):  # step 1 moves the output projections; step 2 reaches q, k, v and the MLP's input side
+        opt.zero_grad()
+        (net(x) - target).pow(2).mean().backward()
+        opt.step()
+    frozen = [n for n, p in net.named_parameters() if torch.equal(p.detach(), before[n])]
+    assert frozen == []
+    assert not torch.allclose(net(x), net.norm(x))

@@ -115,6 +115,8 @@ class TransformerConfig:
     softcap: float           # attention logit soft cap (0: off, SDPA fast path)
     rope_base: float
     registers: int
+    zero_residual: bool = False  # each block's attn.out and mlp.down start at zero: every block starts as the
+                                 # identity (README #16: the tokenizer's seed-to-seed spread)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ Design (Dreamer 4, Hafner et al. 2025, and the habits it builds on):
   blocks, over absolute frame index in time blocks), **QK-norm** (RMSNorm per head on q and k),
   optional attention-logit **soft-capping** ``c * tanh(logits / c)``, **GQA** (``kv_heads``
   key/value heads shared by groups of query heads).
+- ``zero_residual``: every block's attention output and MLP down projection start at zero, so
+  the stack starts as the identity and each seed starts from the same function of its input.
 - **Register tokens**: ``registers`` learned tokens placed first in every frame, dropped on output.
 - **Hidden tokens** (``hidden``, a (S,) bool): tokens no other token may attend to, while
   they attend to everything (the agent tokens: they read the world model, never change it).
@@ -169,6 +171,9 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.norm2 = RMSNorm(cfg.dim)
         self.mlp = SwiGLU(cfg.dim, int(cfg.mlp_ratio * cfg.dim))
+        if cfg.zero_residual:  # the residual branches add nothing at first: the block starts as the identity
+            nn.init.zeros_(self.attn.out.weight)
+            nn.init.zeros_(self.mlp.down.weight)
 
     def _space(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, t, s, d = h.shape
