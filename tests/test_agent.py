@@ -185,3 +185,26 @@ def test_agent_held_out_set_is_spread_over_the_val_split_whatever_the_batch_size
     picked = val_batches(make_cfg(debug_raw, *base, "agent.eval_batches=3"))
     at = [next(i for i, b in enumerate(full[0]) if torch.equal(b["frames"], p["frames"])) for p in picked]
     assert at == [0, round((len(full[0]) - 1) / 2), len(full[0]) - 1]
+
+
+def test_held_out_reward_figures_of_an_untrained_head_are_the_zero_predictors(debug_cfg):
+    """A fresh reward head (zero output layer: uniform over symmetric bins) predicts 0 reward, so
+    evaluate_agent's MAE/MSE are the mean |r| / mean r^2 of the targets (the rewards into frames
+    1..T-1), its AUC is chance, and the baselines are the set's mean reward's errors, by hand."""
+    from wm.stages.finetune_agent import evaluate_agent
+
+    torch.manual_seed(0)
+    dyn = Dynamics(debug_cfg.dynamics, n_actions=4, n_latents=4, latent_dim=3)
+    agent = Agent(dyn, n_tasks=1, mtp=2, bins=41).eval()
+    rewards = torch.tensor([[0.0, 20.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 5.0, 0.0]])
+    batches = [{"latents": torch.rand(2, 5, 4, 3) * 2 - 1, "actions": torch.randint(0, 4, (2, 5)),
+                "rewards": rewards[i : i + 1].expand(2, -1)} for i in range(2)]
+    cfg = dataclasses.replace(debug_cfg, agent=dataclasses.replace(debug_cfg.agent, mtp=2))
+    out = evaluate_agent(agent, batches, cfg)
+    target = torch.cat([rewards[:, :-1]] * 2)  # what each frame's offset-0 reward is scored against
+    mean = rewards.mean()  # the mean over the whole held-out set, every step
+    assert out["val/reward_mae"] == pytest.approx(target.abs().mean().item(), abs=1e-4)
+    assert out["val/reward_mse"] == pytest.approx(target.pow(2).mean().item(), abs=1e-3)
+    assert out["val/reward_mae_mean_baseline"] == pytest.approx((target - mean).abs().mean().item(), abs=1e-5)
+    assert out["val/reward_mse_mean_baseline"] == pytest.approx((target - mean).pow(2).mean().item(), abs=1e-4)
+    assert out["val/reward_auc"] == pytest.approx(0.5)

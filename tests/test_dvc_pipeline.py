@@ -45,7 +45,9 @@ def test_debug_dvc_pipeline_end_to_end(tmp_path):
     assert (repo / "data/eval/dynamics_rollout.gif").exists()
     assert (repo / "data/latents/manifest.json").exists()
     agent = json.loads((repo / "data/metrics/agent.json").read_text())
-    assert "val/action_acc/o0" in agent and "val/reward_mae" in agent
+    for key in ("val/action_acc/o0", "val/reward_mae", "val/reward_mse", "val/reward_mse_mean_baseline",
+                "val/reward_auc"):
+        assert key in agent, key
     rl = json.loads((repo / "data/metrics/imagine_rl.json").read_text())
     assert "imagined_return/last" in rl
     ev = json.loads((repo / "data/metrics/evaluate.json").read_text())

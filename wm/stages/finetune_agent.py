@@ -111,7 +111,8 @@ def evaluate_agent(agent: Agent, batches: list[dict[str, torch.Tensor]], cfg: Co
     torch.manual_seed(0)
     correct = torch.zeros(a.mtp, device=device)
     counts = torch.zeros(a.mtp, device=device)
-    err, base_err, n = 0.0, 0.0, 0
+    err, base_err, sq, base_sq, n = 0.0, 0.0, 0.0, 0.0, 0
+    scores, events = [], []
     rewards_all = torch.cat([b["rewards"].float() for b in batches])
     mean_reward = rewards_all.mean().item()
     for batch in batches:
@@ -129,12 +130,22 @@ def evaluate_agent(agent: Agent, batches: list[dict[str, torch.Tensor]], cfg: Co
         target = rewards[:, :-1]
         err += (pred_r - target).abs().sum().item()
         base_err += (mean_reward - target).abs().sum().item()
+        sq += (pred_r - target).pow(2).sum().item()
+        base_sq += (mean_reward - target).pow(2).sum().item()
+        scores.append(pred_r.flatten().cpu())
+        events.append((target != 0).flatten().cpu())
         n += target.numel()
     acc = (correct / counts.clamp_min(1)).tolist()
     out: dict[str, Any] = {f"val/action_acc/o{i}": v for i, v in enumerate(acc)}
     out["val/action_acc_chance"] = 1.0 / agent.n_actions
     out["val/reward_mae"] = err / max(n, 1)
     out["val/reward_mae_mean_baseline"] = base_err / max(n, 1)
+    # the head predicts the expected reward (two-hot mean), which minimises squared error; absolute error
+    # favours the median (0 for sparse rewards), so judge the head by MSE against the mean's, and by AUC
+    out["val/reward_mse"] = sq / max(n, 1)
+    out["val/reward_mse_mean_baseline"] = base_sq / max(n, 1)
+    if scores:
+        out["val/reward_auc"] = roc_auc(torch.cat(scores).numpy(), torch.cat(events).numpy())
     return out
 
 
