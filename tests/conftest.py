@@ -102,24 +102,27 @@ def save_init_model(path: Path, model, cfg: config_mod.Config) -> None:
                     to_dict(cfg))
 
 
-def init_tokenizer_and_latents(base: Path, cfg: config_mod.Config):
-    """Debug-preset tokenizer (seeded init) in ``cfg.tokenizer.out_dir``, and the real
-    cache_latents stage run with it from ``base`` (its metrics land under base/data/metrics).
-    It stands in for a trained tokenizer, so its blocks take PyTorch's random init even where the
-    config starts them as the identity (``zero_residual``): an identity-start tokenizer mixes no
-    tokens yet, so its latents would not depend on the frame nor its frames on the latents."""
+def random_block_tokenizer(t: config_mod.TokenizerConfig) -> config_mod.TokenizerConfig:
+    """``t`` with PyTorch's random init in the encoder's and decoder's blocks, for untrained
+    tokenizers that stand in for trained ones: the configured identity start (``zero_residual``)
+    mixes no tokens yet, so its latents would not depend on the frame nor its frames on the latents."""
     import dataclasses
 
+    return dataclasses.replace(t, encoder=dataclasses.replace(t.encoder, zero_residual=False),
+                               decoder=dataclasses.replace(t.decoder, zero_residual=False))
+
+
+def init_tokenizer_and_latents(base: Path, cfg: config_mod.Config):
+    """Debug-preset tokenizer (seeded init, random blocks: ``random_block_tokenizer``) in
+    ``cfg.tokenizer.out_dir``, and the real cache_latents stage run with it from ``base`` (its
+    metrics land under base/data/metrics)."""
     import torch
 
     from wm.models.tokenizer import Tokenizer
     from wm.stages import cache_latents
 
     torch.manual_seed(0)
-    t = cfg.tokenizer
-    random_init = dataclasses.replace(t, encoder=dataclasses.replace(t.encoder, zero_residual=False),
-                                      decoder=dataclasses.replace(t.decoder, zero_residual=False))
-    tok = Tokenizer(random_init, cfg.env.height, cfg.env.width)
+    tok = Tokenizer(random_block_tokenizer(cfg.tokenizer), cfg.env.height, cfg.env.width)
     save_init_model(cfg.tokenizer.out_dir, tok, cfg)
     cwd = os.getcwd()
     os.chdir(base)

@@ -5,6 +5,7 @@ import warnings
 import pytest
 import torch
 
+from conftest import random_block_tokenizer
 from wm.metrics import avgpool2_baseline, psnr, ssim
 from wm.models.tokenizer import Tokenizer
 from wm.objectives.mae import RunningRMS, TokenizerLoss, sample_patch_mask
@@ -13,13 +14,9 @@ from wm.objectives import perceptual
 
 @pytest.fixture()
 def tok(debug_cfg):
-    """Random blocks (PyTorch's init), as after training: the configured identity start
-    (zero_residual) mixes no tokens yet, so an untrained one ignores its input."""
+    """Random blocks (``random_block_tokenizer``), as after training: an untrained identity start ignores its input."""
     torch.manual_seed(0)
-    t = debug_cfg.tokenizer
-    t = dataclasses.replace(t, encoder=dataclasses.replace(t.encoder, zero_residual=False),
-                            decoder=dataclasses.replace(t.decoder, zero_residual=False))
-    return Tokenizer(t, 32, 32).eval()
+    return Tokenizer(random_block_tokenizer(debug_cfg.tokenizer), 32, 32).eval()
 
 
 def test_shapes_and_tanh_bottleneck(tok, debug_cfg):

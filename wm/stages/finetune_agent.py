@@ -144,8 +144,7 @@ def evaluate_agent(agent: Agent, batches: list[dict[str, torch.Tensor]], cfg: Co
     # favours the median (0 for sparse rewards), so judge the head by MSE against the mean's, and by AUC
     out["val/reward_mse"] = sq / max(n, 1)
     out["val/reward_mse_mean_baseline"] = base_sq / max(n, 1)
-    if scores:
-        out["val/reward_auc"] = roc_auc(torch.cat(scores).numpy(), torch.cat(events).numpy())
+    out["val/reward_auc"] = roc_auc(torch.cat(scores).numpy(), torch.cat(events).numpy())
     return out
 
 
