@@ -9,6 +9,13 @@ is fitted K times, each time on all episodes but one fold of them (train and val
 and scores the episodes it did not see: every kill of the data is scored once per probe seed.
 Folders must hold latents of the same shards (the rows are checked to match), so the comparison
 is paired: the difference of AUCs with a 95 % interval from resampling whole episodes.
+
+One tokenizer seed is one draw: the MSE-only controls of three configurations scored 0.907, 0.895
+and 0.905 (sessions 24/26/28). With two ``--group NAME=A,B,C`` options (folder names, e.g. three
+seeds each), the second group's mean AUC minus the first's is reported twice: over episode
+resamples (the probe's data) and over the tokenizer seeds (Welch's 95 % interval, the training's).
+
+    python scripts/kill_probe_cv.py d0=... d1=... m0=... m1=... --group default=d0,d1 --group mse_only=m0,m1
 """
 
 from __future__ import annotations
@@ -67,21 +74,46 @@ def out_of_fold(x: torch.Tensor, y: torch.Tensor, fold: np.ndarray, steps: int, 
     return scores
 
 
-def episode_bootstrap(scores: dict[str, np.ndarray], y: np.ndarray, episodes: np.ndarray, boots: int, seed: int = 0
-                      ) -> dict[str, list[float]]:
-    """AUC of each folder's scores, and the difference of each against the first, over ``boots``
-    resamples of whole episodes (kills within an episode are not independent)."""
+def resampled_aucs(scores: dict[str, np.ndarray], y: np.ndarray, episodes: np.ndarray, boots: int, seed: int = 0
+                   ) -> dict[str, np.ndarray]:
+    """Each folder's AUC on the same ``boots`` resamples of whole episodes (kills within an episode
+    are not independent); differences between folders taken per resample are paired."""
     out: dict[str, list[float]] = {k: [] for k in scores}
-    first = next(iter(scores))
     for idx in cluster_resamples(episodes, boots, seed):
-        aucs = {k: roc_auc(s[idx], y[idx]) for k, s in scores.items()}
-        for k in scores:
-            out[k].append(aucs[k] - aucs[first] if k != first else aucs[k])
+        for k, s in scores.items():
+            out[k].append(roc_auc(s[idx], y[idx]))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def group_difference(groups: dict[str, list[str]], aucs: dict[str, float], boot: dict[str, np.ndarray]) -> dict:
+    """The second group's mean AUC minus the first's: over episode resamples (``boot``, each
+    folder's AUC per resample) and over the groups' members as independent draws (Welch's t)."""
+    from scipy import stats
+
+    if len(groups) != 2:
+        raise SystemExit(f"--group: give exactly two groups to compare, got {len(groups)}")
+    (a, ma), (b, mb) = groups.items()
+    va, vb = [aucs[m] for m in ma], [aucs[m] for m in mb]
+    diff = statistics.fmean(vb) - statistics.fmean(va)
+    per_boot = np.mean([boot[m] for m in mb], 0) - np.mean([boot[m] for m in ma], 0)
+    out = {
+        "groups": groups,
+        f"{a}_auc": va, f"{b}_auc": vb,
+        f"{a}_mean": statistics.fmean(va), f"{b}_mean": statistics.fmean(vb),
+        f"{a}_sd": statistics.stdev(va) if len(va) > 1 else None,
+        f"{b}_sd": statistics.stdev(vb) if len(vb) > 1 else None,
+        f"diff_{b}_minus_{a}": diff,
+        "diff_episodes_bootstrap95": [float(np.percentile(per_boot, 2.5)), float(np.percentile(per_boot, 97.5))],
+        "diff_seeds_welch95": None,
+    }
+    if len(va) > 1 and len(vb) > 1 and (statistics.stdev(va) > 0 or statistics.stdev(vb) > 0):
+        ci = stats.ttest_ind(vb, va, equal_var=False).confidence_interval(0.95)
+        out["diff_seeds_welch95"] = [float(ci.low), float(ci.high)]
     return out
 
 
 def compare(folders: dict[str, str], params: str = "params.yaml", folds: int = 10, seeds: int = 3,
-            boots: int = 1000) -> dict:
+            boots: int = 1000, groups: dict[str, list[str]] | None = None) -> dict:
     cfg = load(params)
     a, clip_len = cfg.agent, cfg.rl.context + cfg.rl.horizon
     rows = {name: all_rows(path, clip_len) for name, path in folders.items()}
@@ -104,12 +136,15 @@ def compare(folders: dict[str, str], params: str = "params.yaml", folds: int = 1
                      "auc_sd": statistics.stdev(aucs) if seeds > 1 else None,
                      "auc_ensemble": roc_auc(mean_scores[name], yn)}
         print(name, json.dumps({k: v for k, v in out[name].items() if k != "auc_by_probe_seed"}), flush=True)
-    boot = episode_bootstrap(mean_scores, yn, episodes, boots)
+    boot = resampled_aucs(mean_scores, yn, episodes, boots)
     for name, values in boot.items():
         key = "auc_ensemble_bootstrap95" if name == first else f"diff_vs_{first}_bootstrap95"
+        values = values if name == first else values - boot[first]
         out[name][key] = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
         if name != first:
             out[name][f"diff_vs_{first}"] = out[name]["auc_ensemble"] - out[first]["auc_ensemble"]
+    if groups:
+        out["group_difference"] = group_difference(groups, {k: out[k]["auc_ensemble"] for k in folders}, boot)
     return out
 
 
@@ -119,13 +154,21 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--folds", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--group", action="append", default=[],
+                    help="NAME=A,B,C: folder names pooled as one arm (twice: the second minus the first)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     folders = {}
     for arg in args.latents:
         name, _, path = arg.rpartition("=")
         folders[name or path] = path
-    out = compare(folders, args.params, args.folds, args.seeds)
+    groups = {}
+    for arg in args.group:
+        name, _, members = arg.partition("=")
+        groups[name] = members.split(",")
+        if not name or not members or set(groups[name]) - set(folders):
+            raise SystemExit(f"--group {arg}: expected NAME=A,B,... naming folders among {sorted(folders)}")
+    out = compare(folders, args.params, args.folds, args.seeds, groups=groups or None)
     print(json.dumps({k: v for k, v in out.items() if k not in folders}))
     ref, *others = folders
     for name in others:

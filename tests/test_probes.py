@@ -39,7 +39,8 @@ def test_continuation_targets_from_lives():
 
 def test_kill_probe_cv_folds_keep_episodes_whole_and_the_paired_interval_finds_a_better_scorer():
     """scripts/kill_probe_cv.py: each episode's rows fall in one fold, every fold is used, and the
-    episode bootstrap's interval for (worse - better) lies below zero for a clearly worse scorer."""
+    episode bootstrap's interval for (worse - better) lies below zero for a clearly worse scorer; two
+    arms of seeds are compared by their mean AUCs, over episodes and by Welch's interval over seeds."""
     import importlib.util
     from pathlib import Path
 
@@ -55,6 +56,25 @@ def test_kill_probe_cv_folds_keep_episodes_whole_and_the_paired_interval_finds_a
     y = rng.random(len(episodes)) < 0.1
     good = y + rng.normal(0, 0.5, len(y))
     bad = y + rng.normal(0, 2.0, len(y))
-    boot = cv.episode_bootstrap({"good": good, "bad": bad}, y, episodes, boots=200)
+    boot = cv.resampled_aucs({"good": good, "bad": bad}, y, episodes, boots=200)
     assert all(0.5 < a <= 1 for a in boot["good"])
-    assert np.percentile(boot["bad"], 97.5) < 0
+    assert np.percentile(boot["bad"] - boot["good"], 97.5) < 0
+
+    # two arms of two "seeds" each: the difference of the arms' mean AUCs, over episodes and over seeds
+    groups = {"worse": ["bad", "bad2"], "better": ["good", "good2"]}
+    boot["good2"], boot["bad2"] = boot["good"] - 0.01, boot["bad"] + 0.01
+    aucs = {"good": 0.90, "good2": 0.88, "bad": 0.70, "bad2": 0.74}
+    g = cv.group_difference(groups, aucs, boot)
+    assert g["diff_better_minus_worse"] == pytest.approx(0.89 - 0.72)
+    assert g["better_sd"] == pytest.approx(np.std([0.90, 0.88], ddof=1))
+    low, high = g["diff_episodes_bootstrap95"]
+    assert 0 < low < high
+    low, high = g["diff_seeds_welch95"]
+    # Welch's interval by hand: standard error, Welch-Satterthwaite degrees of freedom, t quantile
+    from scipy import stats
+    se = np.sqrt(np.var([0.90, 0.88], ddof=1) / 2 + np.var([0.70, 0.74], ddof=1) / 2)
+    df = se**4 / ((np.var([0.90, 0.88], ddof=1) / 2) ** 2 + (np.var([0.70, 0.74], ddof=1) / 2) ** 2)
+    half = stats.t.ppf(0.975, df) * se
+    assert (low, high) == pytest.approx((0.17 - half, 0.17 + half))
+    with pytest.raises(SystemExit, match="exactly two groups"):
+        cv.group_difference({"a": ["good"]}, aucs, boot)
