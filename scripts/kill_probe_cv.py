@@ -16,11 +16,15 @@ seeds each), the second group's mean AUC minus the first's is reported twice: ov
 resamples (the probe's data) and over the tokenizer seeds (Welch's 95 % interval, the training's).
 
     python scripts/kill_probe_cv.py d0=... d1=... m0=... m1=... --group default=d0,d1 --group mse_only=m0,m1
+
+``--cache DIR`` keeps each folder's scores: fill it from separate processes over disjoint folders
+(one core each), then run over all of them to compare.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
@@ -112,8 +116,28 @@ def group_difference(groups: dict[str, list[str]], aucs: dict[str, float], boot:
     return out
 
 
+def cached_scores(cache: Path | None, folder: str, setup: tuple, compute) -> list[np.ndarray]:
+    """``compute()``'s out-of-fold scores of one folder, kept in ``cache`` (a folder) under the
+    latent folder's resolved path and the CV setup: processes run on disjoint folders can fill the
+    cache side by side, and a last run over all of them only compares."""
+    if cache is None:
+        return compute()
+    files = sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
+                   for f in Path(folder).rglob("*") if f.is_file())  # recached latents: new scores
+    tag = hashlib.sha1(repr((str(Path(folder).resolve()), files, setup)).encode()).hexdigest()[:16]
+    path = cache / f"{tag}.npy"
+    if path.exists():
+        return list(np.load(path))
+    scores = compute()
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, np.stack(scores))
+    tmp.replace(path)
+    return scores
+
+
 def compare(folders: dict[str, str], params: str = "params.yaml", folds: int = 10, seeds: int = 3,
-            boots: int = 1000, groups: dict[str, list[str]] | None = None) -> dict:
+            boots: int = 1000, groups: dict[str, list[str]] | None = None, cache: Path | None = None) -> dict:
     cfg = load(params)
     a, clip_len = cfg.agent, cfg.rl.context + cfg.rl.horizon
     rows = {name: all_rows(path, clip_len) for name, path in folders.items()}
@@ -129,7 +153,8 @@ def compare(folders: dict[str, str], params: str = "params.yaml", folds: int = 1
                  "probe_steps": a.probe_steps, "probe_seeds": seeds, "folders": folders}
     mean_scores = {}
     for name, (x, _, _, _) in rows.items():
-        per_seed = [out_of_fold(x, y, fold, a.probe_steps, seed) for seed in range(seeds)]
+        per_seed = cached_scores(cache, folders[name], (folds, a.probe_steps, seeds, keys),
+                                 lambda: [out_of_fold(x, y, fold, a.probe_steps, seed) for seed in range(seeds)])
         aucs = [roc_auc(s, yn) for s in per_seed]
         mean_scores[name] = np.mean(per_seed, 0)  # the probe-seed ensemble, for the paired interval
         out[name] = {"auc_by_probe_seed": aucs, "auc_mean": statistics.fmean(aucs),
@@ -156,6 +181,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--group", action="append", default=[],
                     help="NAME=A,B,C: folder names pooled as one arm (twice: the second minus the first)")
+    ap.add_argument("--cache", type=Path, help="folder keeping each latent folder's probe scores (reused on rerun)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     folders = {}
@@ -168,7 +194,7 @@ def main() -> None:
         groups[name] = members.split(",")
         if not name or not members or set(groups[name]) - set(folders):
             raise SystemExit(f"--group {arg}: expected NAME=A,B,... naming folders among {sorted(folders)}")
-    out = compare(folders, args.params, args.folds, args.seeds, groups=groups or None)
+    out = compare(folders, args.params, args.folds, args.seeds, groups=groups or None, cache=args.cache)
     print(json.dumps({k: v for k, v in out.items() if k not in folders}))
     ref, *others = folders
     for name in others:

@@ -78,3 +78,32 @@ def test_kill_probe_cv_folds_keep_episodes_whole_and_the_paired_interval_finds_a
     assert (low, high) == pytest.approx((0.17 - half, 0.17 + half))
     with pytest.raises(SystemExit, match="exactly two groups"):
         cv.group_difference({"a": ["good"]}, aucs, boot)
+
+
+def test_kill_probe_cv_cache_reuses_a_folders_scores_until_its_latents_change(tmp_path):
+    """scripts/kill_probe_cv.py --cache: the second run over the same latents and setup loads the
+    scores instead of fitting the probes again; recached latents (a changed file) are fitted anew."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("kill_probe_cv", Path(__file__).parents[1] / "scripts" / "kill_probe_cv.py")
+    cv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cv)
+    folder = tmp_path / "latents"
+    folder.mkdir()
+    (folder / "train-000000.tar").write_bytes(b"a")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return [np.arange(3.0) + len(calls), np.ones(3)]
+
+    first = cv.cached_scores(tmp_path / "cache", str(folder), (10, 600, 2, ["k"]), compute)
+    again = cv.cached_scores(tmp_path / "cache", str(folder), (10, 600, 2, ["k"]), compute)
+    assert len(calls) == 1 and all(np.array_equal(a, b) for a, b in zip(first, again))
+    other_setup = cv.cached_scores(tmp_path / "cache", str(folder), (5, 600, 2, ["k"]), compute)
+    assert len(calls) == 2 and other_setup[0][0] == 2
+    (folder / "train-000000.tar").write_bytes(b"bb")
+    cv.cached_scores(tmp_path / "cache", str(folder), (10, 600, 2, ["k"]), compute)
+    assert len(calls) == 3
+    assert cv.cached_scores(None, str(folder), (), compute)[0][0] == 4  # no cache: always fitted
