@@ -13,7 +13,8 @@ is paired: the difference of AUCs with a 95 % interval from resampling whole epi
 One tokenizer seed is one draw: the MSE-only controls of three configurations scored 0.907, 0.895
 and 0.905 (sessions 24/26/28). With two ``--group NAME=A,B,C`` options (folder names, e.g. three
 seeds each), the second group's mean AUC minus the first's is reported twice: over episode
-resamples (the probe's data) and over the tokenizer seeds (Welch's 95 % interval, the training's).
+resamples (the probe's data) and over the tokenizer seeds (Welch's 95 % interval, the training's;
+for arms of equal size, also seed by seed in the order given: the paired t interval).
 
     python scripts/kill_probe_cv.py d0=... d1=... m0=... m1=... --group default=d0,d1 --group mse_only=m0,m1
 
@@ -91,7 +92,9 @@ def resampled_aucs(scores: dict[str, np.ndarray], y: np.ndarray, episodes: np.nd
 
 def group_difference(groups: dict[str, list[str]], aucs: dict[str, float], boot: dict[str, np.ndarray]) -> dict:
     """The second group's mean AUC minus the first's: over episode resamples (``boot``, each
-    folder's AUC per resample) and over the groups' members as independent draws (Welch's t)."""
+    folder's AUC per resample), over the groups' members as independent draws (Welch's t) and,
+    for groups of equal size, as pairs in the order given (same seed: same init and data order;
+    paired t)."""
     from scipy import stats
 
     if len(groups) != 2:
@@ -113,6 +116,14 @@ def group_difference(groups: dict[str, list[str]], aucs: dict[str, float], boot:
     if len(va) > 1 and len(vb) > 1 and (statistics.stdev(va) > 0 or statistics.stdev(vb) > 0):
         ci = stats.ttest_ind(vb, va, equal_var=False).confidence_interval(0.95)
         out["diff_seeds_welch95"] = [float(ci.low), float(ci.high)]
+    if len(va) == len(vb) > 1:  # members listed in the same seed order: seed i of one arm beside seed i of the other
+        pairs = [y - x for x, y in zip(va, vb)]
+        out["diff_by_seed_pair"] = pairs
+        out["seed_pairs_favouring_" + b] = sum(d > 0 for d in pairs)
+        out["diff_seed_pairs_t95"] = None
+        if statistics.stdev(pairs) > 0:
+            ci = stats.ttest_rel(vb, va).confidence_interval(0.95)
+            out["diff_seed_pairs_t95"] = [float(ci.low), float(ci.high)]
     return out
 
 

@@ -76,6 +76,10 @@ def test_kill_probe_cv_folds_keep_episodes_whole_and_the_paired_interval_finds_a
     df = se**4 / ((np.var([0.90, 0.88], ddof=1) / 2) ** 2 + (np.var([0.70, 0.74], ddof=1) / 2) ** 2)
     half = stats.t.ppf(0.975, df) * se
     assert (low, high) == pytest.approx((0.17 - half, 0.17 + half))
+    # seed pairs in the order given: (0.90 - 0.70, 0.88 - 0.74), both for the better arm
+    assert g["diff_by_seed_pair"] == pytest.approx([0.20, 0.14]) and g["seed_pairs_favouring_better"] == 2
+    half = stats.t.ppf(0.975, 1) * np.std([0.20, 0.14], ddof=1) / np.sqrt(2)
+    assert g["diff_seed_pairs_t95"] == pytest.approx([0.17 - half, 0.17 + half])
     with pytest.raises(SystemExit, match="exactly two groups"):
         cv.group_difference({"a": ["good"]}, aucs, boot)
 
