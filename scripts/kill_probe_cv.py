@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import statistics
 import sys
@@ -36,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wm.atomic import write_json_atomic  # noqa: E402
+from wm.atomic import write_bytes_atomic, write_json_atomic  # noqa: E402
 from wm.config import load  # noqa: E402
 from wm.data.shards import make_clip_loader  # noqa: E402
 from wm.probes import probe_scores, roc_auc  # noqa: E402
@@ -140,10 +141,9 @@ def cached_scores(cache: Path | None, folder: str, setup: tuple, compute) -> lis
     if path.exists():
         return list(np.load(path))
     scores = compute()
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, np.stack(scores))
-    tmp.replace(path)
+    buf = io.BytesIO()
+    np.save(buf, np.stack(scores))
+    write_bytes_atomic(path, buf.getvalue())
     return scores
 
 
