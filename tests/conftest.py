@@ -102,6 +102,22 @@ def save_init_model(path: Path, model, cfg: config_mod.Config) -> None:
                     to_dict(cfg))
 
 
+def load_script(name: str):
+    """The module of scripts/NAME.py (the scripts are not a package); scripts/ is on sys.path while
+    it loads, as when the script runs (some import their neighbours)."""
+    import importlib.util
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    spec = importlib.util.spec_from_file_location(name, scripts / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(scripts))
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(scripts))
+    return mod
+
+
 def random_block_tokenizer(t: config_mod.TokenizerConfig) -> config_mod.TokenizerConfig:
     """``t`` with PyTorch's random init in the encoder's and decoder's blocks, for untrained
     tokenizers that stand in for trained ones: the configured identity start (``zero_residual``)

@@ -240,13 +240,9 @@ def test_action_free_clips_never_reach_action_or_reward_losses(debug_cfg):
 def test_seed_summary_means_and_checks(tmp_path):
     """scripts/action_free_seeds.py: per labelled share, mean and sd over seeds, the paired
     video-minus-labelled-only difference, and the issue's three checks on the means."""
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_script
 
-    spec = importlib.util.spec_from_file_location(
-        "action_free_seeds", Path(__file__).parents[1] / "scripts" / "action_free_seeds.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("action_free_seeds")
 
     def run(seed, full, video, only, h_video, h_only):
         return {"labeled_frac": 0.1, "seed": seed, "steps": 100, "steps/labeled_plus_video": 200,
@@ -299,15 +295,11 @@ def test_gpu_inputs_hold_the_held_out_shards_and_a_loadable_tokenizer(latents_cf
     """scripts/gpu_inputs.py: the held-out shards whole, the training list cut to the shards
     copied (the manifest still verifies), and the tokenizer without its optimizer state but with
     the same weights fingerprint (so the DVC stage reuses arms trained on those inputs on a GPU)."""
-    import importlib.util
-    from pathlib import Path
-
+    from conftest import load_script
     from wm.data.shards import shard_paths
     from wm.world_model import load_tokenizer
 
-    spec = importlib.util.spec_from_file_location("gpu_inputs", Path(__file__).parents[1] / "scripts" / "gpu_inputs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("gpu_inputs")
     _, cfg = latents_cfg
     out = tmp_path / "gpu"
     assert mod.main(["--shards", cfg.shard.out_dir, "--tokenizer", cfg.tokenizer.out_dir, "--out", str(out),

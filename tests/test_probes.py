@@ -41,12 +41,9 @@ def test_kill_probe_cv_folds_keep_episodes_whole_and_the_paired_interval_finds_a
     """scripts/kill_probe_cv.py: each episode's rows fall in one fold, every fold is used, and the
     episode bootstrap's interval for (worse - better) lies below zero for a clearly worse scorer; two
     arms of seeds are compared by their mean AUCs, over episodes and by Welch's interval over seeds."""
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_script
 
-    spec = importlib.util.spec_from_file_location("kill_probe_cv", Path(__file__).parents[1] / "scripts" / "kill_probe_cv.py")
-    cv = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cv)
+    cv = load_script("kill_probe_cv")
     rng = np.random.default_rng(0)
     episodes = np.repeat([f"train/ep{i:03d}" for i in range(30)], 50)
     fold = cv.fold_of(episodes, 10)
@@ -87,12 +84,9 @@ def test_kill_probe_cv_folds_keep_episodes_whole_and_the_paired_interval_finds_a
 def test_kill_probe_cv_cache_reuses_a_folders_scores_until_its_latents_change(tmp_path):
     """scripts/kill_probe_cv.py --cache: the second run over the same latents and setup loads the
     scores instead of fitting the probes again; recached latents (a changed file) are fitted anew."""
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_script
 
-    spec = importlib.util.spec_from_file_location("kill_probe_cv", Path(__file__).parents[1] / "scripts" / "kill_probe_cv.py")
-    cv = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cv)
+    cv = load_script("kill_probe_cv")
     folder = tmp_path / "latents"
     folder.mkdir()
     (folder / "train-000000.tar").write_bytes(b"a")

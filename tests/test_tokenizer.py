@@ -241,18 +241,13 @@ def test_hard_pixels_count_more_by_hand():
 def test_grad_balance_script_reports_each_terms_pull(debug_data, debug_raw, tmp_path):
     """scripts/tokenizer_grad_balance.py on a debug tokenizer: per batch, the two terms' gradient
     norms, their ratio and cosine, consistent with each other; finite figures."""
-    import importlib.util
     import math
-    from pathlib import Path
 
-    from conftest import make_cfg, save_init_model
+    from conftest import load_script, make_cfg, save_init_model
     from wm import config as config_mod
     from wm.models.tokenizer import Tokenizer
 
-    spec = importlib.util.spec_from_file_location(
-        "grad_balance", Path(__file__).parents[1] / "scripts" / "tokenizer_grad_balance.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("tokenizer_grad_balance")
     cfg = make_cfg(debug_raw)
     torch.manual_seed(0)
     save_init_model(tmp_path / "tok", Tokenizer(cfg.tokenizer, cfg.env.height, cfg.env.width), cfg)
@@ -271,22 +266,12 @@ def test_seed_spread_script_aggregates_runs(debug_data, debug_raw, tmp_path):
     """scripts/tokenizer_seeds.py over two run folders (a debug tokenizer each, trained on the
     debug shards, with the stage's metrics file): per-seed figures as written, constant channels
     and the three worst patch positions from the weights, and mean / sd computed as by hand."""
-    import importlib.util
     import json
-    import sys
-    from pathlib import Path
 
-    from conftest import make_cfg, save_init_model
+    from conftest import load_script, make_cfg, save_init_model
     from wm.models.tokenizer import Tokenizer
 
-    scripts = Path(__file__).parents[1] / "scripts"
-    sys.path.insert(0, str(scripts))
-    try:
-        spec = importlib.util.spec_from_file_location("tokenizer_seeds", scripts / "tokenizer_seeds.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(scripts))
+    mod = load_script("tokenizer_seeds")  # it imports its neighbour tokenizer_error_map
     runs, psnrs = [], (30.0, 31.0)
     for seed, p in enumerate(psnrs):
         run = tmp_path / f"s{seed}"
@@ -312,17 +297,11 @@ def test_rescore_script_scores_every_val_clip_the_same_for_every_run(debug_data,
     """scripts/tokenizer_rescore.py: two checkpoints of different train batch sizes are scored on
     every whole clip of the val split (the manifest's count), each figure equal to the stage's
     evaluate_tokenizer on those clips, and a checkpoint scores the same whichever run comes first."""
-    import importlib.util
-    from pathlib import Path
-
-    from conftest import make_cfg, save_init_model
+    from conftest import load_script, make_cfg, save_init_model
     from wm.data.shards import count_clips, make_clip_loader
     from wm.stages.train_tokenizer import evaluate_tokenizer
 
-    spec = importlib.util.spec_from_file_location("tokenizer_rescore",
-                                                  Path(__file__).parents[1] / "scripts" / "tokenizer_rescore.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("tokenizer_rescore")
     shards = debug_data["cfg"].shard.out_dir
     runs, models = {}, {}
     for seed, batch in ((0, 2), (1, 3)):
@@ -403,15 +382,10 @@ def test_held_out_set_is_the_whole_val_split_whatever_the_batch_size(debug_data,
 def test_seed_split_script_takes_the_named_parameters_from_the_other_seed(debug_cfg, monkeypatch):
     """scripts/tokenizer_seed_split.py: with SWAP_PREFIXES the encoder side's init comes from
     SWAP_SEED and the rest from the run's own seed."""
-    import importlib.util
-    from pathlib import Path
-
     import wm.stages.train_tokenizer as stage
+    from conftest import load_script
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "tokenizer_seed_split.py"
-    spec = importlib.util.spec_from_file_location("tokenizer_seed_split", path)
-    split = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(split)
+    split = load_script("tokenizer_seed_split")
     build = stage.build_tokenizer
     monkeypatch.setattr(stage, "build_tokenizer", build)  # restored after the test
     split._override_init(0, ("patch_in", "encoder."))
